@@ -1,0 +1,3 @@
+from safegen.cli import main
+
+raise SystemExit(main())

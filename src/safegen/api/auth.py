@@ -1,0 +1,203 @@
+"""API-key authentication for the HTTP edge.
+
+Keys are configured either in plaintext or as ``sha256:<64 hex>`` (the SHA-256 hex digest of the
+key), so an operator never has to put a plaintext key in the environment. Only digests are kept in
+memory. A presented key is hashed and compared with ``hmac.compare_digest`` against *every*
+configured digest, without an early exit, so timing says nothing about which key (if any) matched.
+
+Secure by default: :func:`resolve_auth` refuses to run open unless ``no_auth`` is set explicitly;
+with no key configured it generates one, which the caller prints once to stderr (never to the log,
+see :func:`announce_generated_key`). Keys are never logged; the identity used for rate limiting and
+logs is a key id, the first 12 hex digits of the key's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TextIO
+
+from fastapi import HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
+
+logger = logging.getLogger(__name__)
+
+MIN_KEY_LENGTH = 16
+KEY_ID_LENGTH = 12
+_DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})", re.IGNORECASE)
+# RFC 6750 section 3.1: no error code when credentials are absent; invalid_token when wrong.
+CHALLENGE_MISSING = "Bearer"
+CHALLENGE_INVALID = 'Bearer error="invalid_token"'
+
+
+class AuthError(Exception):
+    """Missing or wrong credentials; ``www_authenticate`` is the challenge to send with the 401."""
+
+    def __init__(self, message: str, *, www_authenticate: str = CHALLENGE_MISSING) -> None:
+        super().__init__(message)
+        self.message = message
+        self.www_authenticate = www_authenticate
+
+
+def key_digest(key: str) -> str:
+    """SHA-256 hex digest of ``key``; configure it as ``sha256:<digest>``."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _parse_entry(entry: str, where: str) -> str:
+    """One configured entry -> its digest. Error messages name the entry, never its value."""
+    entry = entry.strip()
+    if entry.lower().startswith("sha256:"):
+        match = _DIGEST_RE.fullmatch(entry)
+        if match is None:
+            raise ValueError(f"{where}: 'sha256:' must be followed by exactly 64 hex digits")
+        return match.group(1).lower()
+    if not entry or any(ch.isspace() for ch in entry):
+        raise ValueError(f"{where}: an API key must be non-empty and contain no whitespace")
+    if len(entry) < MIN_KEY_LENGTH:
+        raise ValueError(
+            f"{where}: an API key must have at least {MIN_KEY_LENGTH} characters "
+            "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return key_digest(entry)
+
+
+def _read_keys_file(path: Path) -> list[str]:
+    """Digests from a keys file: one key or ``sha256:`` digest a line, ``#`` starts a comment."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"API keys file {path} cannot be read ({type(exc).__name__})") from None
+    digests = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, *rest = line.split(None, 1)
+        if rest and not rest[0].startswith("#"):
+            raise ValueError(f"API keys file {path}, line {number}: text after the key")
+        digests.append(_parse_entry(key, f"API keys file {path}, line {number}"))
+    return digests
+
+
+class ApiKeyAuth:
+    """Checks presented API keys against configured digests in constant time."""
+
+    def __init__(self, keys: Iterable[str], keys_file: Path | None = None) -> None:
+        digests = [_parse_entry(k, f"API key #{i}") for i, k in enumerate(keys, start=1)]
+        if keys_file is not None:
+            digests.extend(_read_keys_file(Path(keys_file)))
+        if not digests:
+            raise ValueError("no API keys configured")
+        # bytes, deduplicated, in a fixed order: compare_digest wants equal-type operands.
+        self._digests: tuple[bytes, ...] = tuple(d.encode("ascii") for d in dict.fromkeys(digests))
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def __repr__(self) -> str:  # never show digests, even partially
+        return f"ApiKeyAuth(<{len(self._digests)} keys>)"
+
+    @staticmethod
+    def credentials(headers: Mapping[str, str]) -> str | None:
+        """The key presented as ``Authorization: Bearer <key>`` (any casing) or ``X-API-Key``."""
+        authorization = headers.get("authorization")
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        api_key = headers.get("x-api-key")
+        if api_key and api_key.strip():
+            return api_key.strip()
+        return None
+
+    def authenticate(self, headers: Mapping[str, str]) -> str:
+        """Return the key id of a valid key in ``headers``; raise :class:`AuthError` otherwise."""
+        key = self.credentials(headers)
+        if key is None:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+        candidate = key_digest(key).encode("ascii")
+        matched = False
+        for digest in self._digests:  # no early exit: every digest is compared
+            matched |= hmac.compare_digest(digest, candidate)
+        if not matched:
+            raise AuthError("invalid API key", www_authenticate=CHALLENGE_INVALID)
+        return candidate[:KEY_ID_LENGTH].decode("ascii")
+
+
+def resolve_auth(
+    keys: Iterable[str], keys_file: Path | None, no_auth: bool
+) -> tuple[ApiKeyAuth | None, str | None]:
+    """Apply the secure-by-default policy; return ``(auth, generated_key)``.
+
+    - ``no_auth`` set: ``(None, None)``, authentication off (refused if keys are configured too,
+      since that contradiction is most likely a mistake).
+    - keys or a keys file configured: ``(ApiKeyAuth(...), None)``.
+    - nothing configured: a random key is generated and returned as ``generated_key``. The caller
+      must show it once on stderr with :func:`announce_generated_key` and never log it; it lives
+      only as long as the process.
+    """
+    keys = list(keys)
+    if no_auth:
+        if keys or keys_file is not None:
+            raise ValueError("no_auth is set but API keys are configured too; choose one")
+        logger.warning("authentication is DISABLED (no_auth); every client has full access")
+        return None, None
+    if keys or keys_file is not None:
+        return ApiKeyAuth(keys, keys_file), None
+    generated = secrets.token_urlsafe(32)
+    return ApiKeyAuth([generated]), generated
+
+
+def announce_generated_key(key: str, stream: TextIO | None = None) -> None:
+    """Print a generated key once, to stderr (not the log: logs are shipped and kept)."""
+    stream = stream if stream is not None else sys.stderr
+    stream.write(
+        "\nsafegen: no API key configured (SAFEGEN_API_KEYS / SAFEGEN_API_KEYS_FILE), so one was\n"
+        "generated for this process only. Send it as 'Authorization: Bearer <key>':\n\n"
+        f"    {key}\n\n"
+        "Configure your own key (or its 'sha256:<hex>' digest) to keep a stable one.\n\n"
+    )
+    stream.flush()
+    logger.warning("no API key configured: a temporary key was generated and printed to stderr")
+
+
+# Declared for the OpenAPI schema only (the "Authorize" button); parsing is done by ApiKeyAuth.
+_bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer")
+_header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey")
+
+
+async def require_api_key(
+    request: Request,
+    _bearer: object = Security(_bearer_scheme),
+    _header: object = Security(_header_scheme),
+) -> str | None:
+    """FastAPI dependency: authenticate with ``request.app.state.auth``; 401 if that fails.
+
+    ``app.state.auth`` must be set explicitly: an :class:`ApiKeyAuth`, or ``None`` to turn
+    authentication off. The key id (``None`` when off) is stored on ``request.state.key_id``.
+    """
+    try:
+        auth = request.app.state.auth
+    except AttributeError:
+        # Fail closed: a forgotten wiring step must not open the API.
+        raise RuntimeError("app.state.auth is not set (ApiKeyAuth, or None to disable)") from None
+    if auth is None:
+        request.state.key_id = None
+        return None
+    try:
+        key_id = auth.authenticate(request.headers)
+    except AuthError as exc:
+        raise HTTPException(
+            status_code=401,
+            detail={"code": "unauthorized", "message": exc.message},
+            headers={"WWW-Authenticate": exc.www_authenticate},
+        ) from None
+    request.state.key_id = key_id
+    return key_id

@@ -1,0 +1,169 @@
+"""``POST /v1/classify``: score one or many images, sent as multipart files or base64 JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from safegen.api.schemas import (
+    ClassifyJsonRequest,
+    ClassifyResponse,
+    ErrorResponse,
+    ImageError,
+    ImageProblem,
+    ImageScore,
+)
+from safegen.errors import ImageError as BadImage
+from safegen.errors import InvalidInput, SafegenError, TooLarge
+from safegen.moderation.engine import Classifier, Score
+from safegen.settings import Settings
+
+router = APIRouter(tags=["classification"])
+
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["files"],
+                }
+            },
+            "application/json": {"schema": ClassifyJsonRequest.model_json_schema()},
+        },
+    }
+}
+
+Upload = tuple[str | None, bytes | SafegenError]
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses={
+        400: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
+    },
+    openapi_extra=_OPENAPI_BODY,
+    summary="Score images for NSFW content",
+)
+async def classify(request: Request) -> ClassifyResponse:
+    """Multipart with one or more ``files`` fields, or JSON ``{"images": ["<base64>", ...]}``.
+
+    A bad image yields an error entry at its index; the other images are still scored.
+    """
+    settings: Settings = request.app.state.settings
+    classifier: Classifier = request.app.state.classifier
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        uploads = await _read_multipart(request, settings)
+    elif content_type.startswith("application/json"):
+        uploads = await _read_json(request, settings)
+    else:
+        raise InvalidInput(
+            "send multipart/form-data with 'files' fields or application/json with 'images'",
+            field="content-type",
+        )
+    if not uploads:
+        raise InvalidInput("no images in the request: send at least one", field="files")
+    if len(uploads) > settings.max_files_per_request:
+        raise TooLarge(
+            f"{len(uploads)} images in one request; the limit is "
+            f"{settings.max_files_per_request} (SAFEGEN_MAX_FILES_PER_REQUEST)",
+            field="files",
+        )
+    request.state.cost = len(uploads)
+    good = [(i, data) for i, (_, data) in enumerate(uploads) if isinstance(data, bytes)]
+    scored = await classifier.classify_bytes([data for _, data in good])
+    outcomes: list[Score | SafegenError] = [data for _, data in uploads]  # type: ignore[misc]
+    for (index, _), outcome in zip(good, scored, strict=True):
+        outcomes[index] = outcome
+    return ClassifyResponse(
+        model=classifier.model_name,
+        results=[_result(i, uploads[i][0], o) for i, o in enumerate(outcomes)],
+    )
+
+
+def _result(
+    index: int, filename: str | None, outcome: Score | SafegenError
+) -> ImageScore | ImageError:
+    if isinstance(outcome, Score):
+        return ImageScore(
+            index=index, filename=filename, label=outcome.label,
+            nsfw_score=outcome.nsfw_score, scores=outcome.scores,
+        )
+    return ImageError(
+        index=index,
+        filename=filename,
+        error=ImageProblem(code=outcome.code, message=outcome.message),
+    )
+
+
+async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
+    # Starlette stops parsing (400) once a form holds more parts than these bounds.
+    form = await request.form(
+        max_files=settings.max_files_per_request, max_fields=settings.max_files_per_request
+    )
+    try:
+        uploads: list[Upload] = []
+        for name, value in form.multi_items():
+            if name != "files":
+                raise InvalidInput(f"unexpected form field '{name}'; use 'files'", field=name)
+            if not isinstance(value, UploadFile):
+                raise InvalidInput("'files' must be file parts, not text fields", field="files")
+            uploads.append((value.filename, await _read_upload(value, settings.max_image_bytes)))
+        return uploads
+    finally:
+        await form.close()
+
+
+async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes | SafegenError:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return TooLarge(
+            f"image is larger than {max_bytes} bytes (SAFEGEN_MAX_IMAGE_BYTES)", field="files"
+        )
+    return data
+
+
+async def _read_json(request: Request, settings: Settings) -> list[Upload]:
+    try:
+        body = ClassifyJsonRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    names = body.filenames or []
+    if names and len(names) != len(body.images):
+        raise InvalidInput("'filenames' must have one entry per image", field="filenames")
+    if len(body.images) > settings.max_files_per_request:
+        raise TooLarge(
+            f"{len(body.images)} images in one request; the limit is "
+            f"{settings.max_files_per_request} (SAFEGEN_MAX_FILES_PER_REQUEST)",
+            field="images",
+        )
+    return [
+        (names[i] if names else None, _decode_base64(text, settings.max_image_bytes))
+        for i, text in enumerate(body.images)
+    ]
+
+
+def _decode_base64(text: str, max_bytes: int) -> bytes | SafegenError:
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) > (max_bytes * 4) // 3 + 4:
+        return TooLarge(
+            f"image is larger than {max_bytes} bytes (SAFEGEN_MAX_IMAGE_BYTES)", field="images"
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return BadImage("not valid base64", field="images")

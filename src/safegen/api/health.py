@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from safegen.api.schemas import Health
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz", response_model=Health, responses={503: {"model": Health}},
+    summary="Models loaded and warmed; accepting work",
+)
+async def readyz(request: Request) -> JSONResponse:
+    components = request.app.state.readiness()
+    ready = bool(components) and all(components.values()) and not request.app.state.stopping
+    status = "ready" if ready else ("stopping" if request.app.state.stopping else "starting")
+    body = Health(status=status, components=components).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

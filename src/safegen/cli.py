@@ -1,0 +1,164 @@
+"""Command line: ``safegen serve | classify | download``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from safegen.errors import SafegenError
+from safegen.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+logger = logging.getLogger("safegen.cli")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SAFEGEN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SystemExit(f"safegen: invalid settings: {problems}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from safegen.app import create_app
+    from safegen.logs import configure_logging
+
+    settings = _settings(host=args.host, port=args.port)
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
+    return 0
+
+
+def iter_images(paths: Sequence[Path], recursive: bool) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            yield from sorted(
+                p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        else:
+            yield path
+
+
+def classify(args: argparse.Namespace) -> int:
+    """Score local files with the same engine the server uses (batched, off the main thread)."""
+    from tqdm import tqdm
+
+    from safegen.app import engine_config
+    from safegen.moderation.engine import ClassifierEngine
+
+    files = list(iter_images(args.paths, args.recursive))
+    if not files:
+        print("safegen: no image files found", file=sys.stderr)
+        return 2
+    settings = _settings(nsfw_model=args.model)
+
+    async def run() -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        async with ClassifierEngine(engine_config(settings)) as engine:
+            chunk = settings.max_batch_size
+            with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
+                for start in range(0, len(files), chunk):
+                    part = files[start : start + chunk]
+                    datas = [_read(p) for p in part]
+                    results = await engine.classify_bytes(datas)
+                    for path, result in zip(part, results, strict=True):
+                        if isinstance(result, SafegenError):
+                            rows.append({"path": str(path), "error": result.message})
+                        else:
+                            rows.append({"path": str(path), "label": result.label,
+                                         "nsfw_score": round(result.nsfw_score, 6)})
+                    bar.update(len(part))
+        return rows
+
+    try:
+        rows = asyncio.run(run())
+    except SafegenError as exc:
+        print(f"safegen: {exc.message}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        writer = csv.DictWriter(sys.stdout, ["path", "label", "nsfw_score", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""  # reported as an empty file, like an empty upload
+
+
+def download(args: argparse.Namespace) -> int:
+    from safegen.hub import download as fetch
+
+    settings = _settings()
+    models = args.models or [settings.nsfw_model]
+    for model in models:
+        try:
+            path = fetch(model, settings.model_cache_dir)
+        except SafegenError as exc:
+            print(f"safegen: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"{model}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safegen", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="run the HTTP service (settings from SAFEGEN_* env)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("classify", help="score local image files and folders")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--model", help="hub id or local directory (default: SAFEGEN_NSFW_MODEL)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=classify)
+
+    p = commands.add_parser(
+        "download", help="fill the local model cache (run on a machine that reaches the hub)"
+    )
+    p.add_argument("models", nargs="*", help="hub ids (default: the configured models)")
+    p.set_defaults(func=download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

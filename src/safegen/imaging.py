@@ -1,0 +1,108 @@
+"""Safe image decoding (limits checked before pixels are decoded), JPEG encoding and hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from safegen.errors import ImageError, TooLarge, UnsupportedFormat
+
+# Our own pixel limit is checked before decoding; PIL's bomb check would only duplicate it with a
+# less helpful message, and its warning would turn into an error under strict test settings.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an uploaded image may be. Built from the settings by the caller."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF")
+
+
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open an image lazily and enforce the limits using only its header.
+
+    Raises ``ImageError`` (or a subclass) naming the problem; never decodes pixels.
+    """
+    if not data:
+        raise ImageError("the file is empty")
+    if len(data) > limits.max_bytes:
+        raise TooLarge(
+            f"image is {len(data)} bytes; the limit is {limits.max_bytes} "
+            "(SAFEGEN_MAX_IMAGE_BYTES)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("not a recognised image file") from None
+    except Exception:  # PIL raises many types on hostile headers
+        raise ImageError("the image header is corrupt") from None
+    if image.format not in limits.formats:
+        raise UnsupportedFormat(
+            f"format {image.format} is not accepted; allowed: {', '.join(limits.formats)}"
+        )
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError("the image has no pixels")
+    if width * height > limits.max_pixels:
+        raise TooLarge(
+            f"image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{limits.max_pixels} (SAFEGEN_MAX_IMAGE_PIXELS)"
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation and convert to RGB, as ``transformers.image_utils.load_image``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = ImageOps.exif_transpose(image) or image
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ImageError("the image data is truncated or corrupt") from None
+
+
+def decode_for_model(
+    data: bytes, limits: ImageLimits, size: tuple[int, int], *, fast: bool
+) -> np.ndarray:
+    """Decode ``data`` and resize it to ``size`` (width, height) with bilinear resampling.
+
+    Returns an ``(height, width, 3)`` uint8 array. With ``fast``, a JPEG is decoded at a reduced
+    scale (libjpeg's DCT scaling via ``draft``) no smaller than ``size``; this is the approximate
+    path whose parity bound is tested against the transformers pipeline.
+    """
+    image = open_checked(data, limits)
+    if fast and image.format == "JPEG":
+        image.draft("RGB", size)
+    return resize_rgb(to_rgb(image), size)
+
+
+def resize_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image exactly as ``ViTImageProcessor`` does (PIL bilinear, no reducing gap)."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    if image.size != size:
+        image = image.resize(size, resample=Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    """Encode once; the exact bytes are what gets hashed, uploaded and returned."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
+
+
+def md5_hex(data: bytes) -> str:
+    """Hex MD5 of ``data`` (an object name and integrity check, not a security measure)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

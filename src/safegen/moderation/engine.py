@@ -1,0 +1,223 @@
+"""The classifier engine: decode threads feeding one batched model thread.
+
+Decoding and resizing of request N+1 run in a thread pool while the model thread works on batch N,
+so with spare cores the model does not wait for images. Usable without the web layer
+(``async with ClassifierEngine(...) as engine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from safegen.errors import NotReady, Overloaded, SafegenError
+from safegen.imaging import ImageLimits, decode_for_model, resize_rgb
+from safegen.metrics import Metrics
+from safegen.moderation.backends import (
+    Backend,
+    TorchBackend,
+    resolve_device,
+    resolve_precision,
+)
+from safegen.moderation.batcher import Batcher
+from safegen.moderation.loading import LoadedClassifier, load_classifier
+
+logger = logging.getLogger("safegen.moderation")
+
+
+@dataclass(frozen=True)
+class Score:
+    """One image's classification."""
+
+    label: str
+    nsfw_score: float
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    cache_dir: Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    fast_decode: bool = True
+    max_batch_size: int = 32
+    max_batch_wait_s: float = 0.005
+    max_queue_images: int = 512
+    decode_threads: int = 2
+    torch_threads: int = 0
+    limits: ImageLimits = ImageLimits()
+
+
+class Classifier(Protocol):
+    """What the web layer needs from a classifier (in-process engine or a remote handle)."""
+
+    model_name: str
+    labels: list[str]
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def classify_bytes(self, items: list[bytes]) -> list[Score | SafegenError]: ...
+
+    async def classify_image(self, image: Image.Image) -> Score: ...
+
+
+class ClassifierEngine:
+    """Loads the model once, warms it, and scores images through a dynamic batcher."""
+
+    def __init__(self, config: EngineConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.model_name = config.model
+        self.labels: list[str] = []
+        self._loaded: LoadedClassifier | None = None
+        self._backend: Backend | None = None
+        self._decoding = 0  # images admitted and being decoded; the batcher waits for them
+        self._decode_pool = ThreadPoolExecutor(config.decode_threads, "safegen-decode")
+        self._model_thread = ThreadPoolExecutor(1, "safegen-model")
+        self._batcher: Batcher[np.ndarray, np.ndarray] | None = None
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise NotReady("the classifier is not loaded")
+        return self._backend
+
+    async def __aenter__(self) -> ClassifierEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        self._backend = await loop.run_in_executor(self._model_thread, self._load)
+        self._batcher = Batcher(
+            self._predict,
+            self._model_thread,
+            max_batch_size=self.config.max_batch_size,
+            max_wait_s=self.config.max_batch_wait_s,
+            max_queue=self.config.max_queue_images,
+            expected=lambda: self._decoding,
+            on_batch=self._record_batch,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        await self._batcher.start()
+        await loop.run_in_executor(self._model_thread, self._warm_up)
+        self._ready = True
+        logger.info(
+            "classifier ready: model=%s backend=%s precision=%s device=%s in %.1fs",
+            self.model_name, self._backend.name, self._backend.precision,
+            getattr(self._backend, "device", "?"), time.monotonic() - started,
+        )
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        self._ready = False
+        if self._batcher is not None:
+            await self._batcher.stop(grace_s)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_thread.shutdown(wait=True)
+
+    def _load(self) -> Backend:
+        cfg = self.config
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        self._loaded = load_classifier(cfg.model, cfg.cache_dir)
+        self.labels = self._loaded.labels
+        device = resolve_device(cfg.device)
+        return TorchBackend(self._loaded, device, resolve_precision(cfg.precision, device))
+
+    def _warm_up(self) -> None:
+        """Run the sizes we will serve once, so the first real request pays no one-off costs."""
+        width, height = self.size
+        for n in sorted({1, self.config.max_batch_size}):
+            self._predict([np.zeros((height, width, 3), np.uint8)] * n)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        assert self._loaded is not None
+        return self._loaded.preprocessing.size
+
+    def _predict(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.backend.predict(np.stack(images))
+
+    def _record_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.inference_latency.observe(seconds)
+
+    def _score(self, probs: np.ndarray) -> Score:
+        assert self._loaded is not None
+        scores = {label: float(p) for label, p in zip(self.labels, probs, strict=True)}
+        return Score(
+            label=self.labels[int(np.argmax(probs))],
+            nsfw_score=float(probs[self._loaded.nsfw_index]),
+            scores=scores,
+        )
+
+    async def classify_bytes(self, items: list[bytes]) -> list[Score | SafegenError]:
+        """Score encoded images. A bad image yields its error in its place; the rest are scored.
+
+        Each image goes to the batcher as soon as it is decoded, so a large request's decoding
+        overlaps the forward passes of its first images.
+        """
+        batcher = self._require_batcher()
+        if batcher.depth + self._decoding + len(items) > batcher.max_queue:
+            raise Overloaded(  # admission before any work: an overloaded server answers at once
+                f"the classifier queue is full ({batcher.max_queue} images, "
+                "SAFEGEN_MAX_QUEUE_IMAGES); retry shortly"
+            )
+        self._decoding += len(items)
+        results = await asyncio.gather(*(self._classify_one(batcher, data) for data in items))
+        for result in results:
+            outcome = "scored" if isinstance(result, Score) else result.code
+            self.metrics.images.labels(outcome=outcome).inc()
+        return list(results)
+
+    async def _classify_one(
+        self, batcher: Batcher[np.ndarray, np.ndarray], data: bytes
+    ) -> Score | SafegenError:
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
+            finally:
+                self._decoding -= 1
+            probs = await batcher.submit(pixels)
+        except SafegenError as exc:
+            return exc
+        return self._score(probs)
+
+    async def classify_image(self, image: Image.Image) -> Score:
+        """Score an in-memory image (used right after generation: no encode/decode round trip)."""
+        batcher = self._require_batcher()
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._decode_pool, resize_rgb, image, self.size)
+        probs = await batcher.submit(pixels)
+        self.metrics.images.labels(outcome="scored").inc()
+        return self._score(probs)
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        return decode_for_model(data, self.config.limits, self.size, fast=self.config.fast_decode)
+
+    def _require_batcher(self) -> Batcher[np.ndarray, np.ndarray]:
+        if self._batcher is None or not self._ready:
+            raise NotReady("the classifier is not ready")
+        return self._batcher
