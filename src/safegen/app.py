@@ -44,6 +44,19 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+def preflight(settings: Settings) -> None:
+    """Fail fast, before the server starts, when a configured model cannot be found.
+
+    Cheap checks only (a directory exists, a hub id is cached or the hub may be asked); loading
+    itself happens in the lifespan.
+    """
+    from safegen.hub import resolve_model
+    from safegen.moderation.loading import NSFW_ENV_VAR
+
+    resolve_model(settings.nsfw_model, kind="NSFW classifier", env_var=NSFW_ENV_VAR,
+                  cache_dir=settings.model_cache_dir)
+
+
 def create_app(
     settings: Settings | None = None,
     *,

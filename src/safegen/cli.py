@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,12 +35,22 @@ def _settings(**overrides: object) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from safegen.app import create_app
+    from safegen.app import create_app, preflight
     from safegen.logs import configure_logging
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level)
+    try:
+        preflight(settings)
+    except SafegenError as exc:
+        print(f"safegen: {exc.message}", file=sys.stderr)
+        return 2
     app = create_app(settings)
+    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, run the lifespan shutdown) and
+    # then re-raises the signal to the handler that was installed before it. A no-op handler there
+    # makes a graceful stop end with exit status 0, as process supervisors expect.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: None)
     uvicorn.run(
         app,
         host=settings.host,

@@ -1,0 +1,40 @@
+# Two commands do all the set-up: `make serve` runs the service, `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev,onnx
+
+.PHONY: install serve test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml package.json package-lock.json
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+serve: install
+	$(VENV)/bin/safegen serve
+
+test: install node_modules/.installed
+	bash scripts/system-deps.sh
+	$(PY) -m pytest
+
+test-fast: install node_modules/.installed
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/classify_throughput.py
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

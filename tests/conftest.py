@@ -1,0 +1,17 @@
+"""Shared fixtures. Support plugins build tiny models and start real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the Hugging Face hub: any hub id must come from the (empty) cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = [
+    "tests.support.tiny_models",
+    "tests.support.redis_server",
+    "tests.support.s3servers",
+    "tests.support.faultserver",
+    "tests.support.app_client",
+]

@@ -1,0 +1,77 @@
+"""A real ``safegen serve`` process: start, classify over TCP, CLI, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.support import images
+
+
+def test_real_server_classifies_concurrently_and_stops_cleanly(server_process, tiny_vit_dir):
+    server = server_process({"SAFEGEN_NSFW_MODEL": str(tiny_vit_dir),
+                             "SAFEGEN_MAX_BATCH_SIZE": "8"})
+    payloads = [images.jpeg(i, (256, 512)) for i in range(8)]
+
+    def classify(data: bytes) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/classify", files=[("files", ("x.jpg", data))],
+                          timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(classify, payloads))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert all(0 <= r.json()["results"][0]["nsfw_score"] <= 1 for r in responses)
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    log_lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert any(line["message"].startswith("classifier ready") for line in log_lines)
+    access = [line for line in log_lines if line["logger"] == "safegen.access"]
+    assert len(access) >= 9
+    assert all("request_id" in line for line in access)
+
+
+def test_missing_model_fails_with_one_clear_line(tmp_path):
+    env = {"SAFEGEN_NSFW_MODEL": "some-org/missing-model", "HF_HUB_OFFLINE": "1",
+           "HF_HUB_CACHE": str(tmp_path), "SAFEGEN_PORT": "1"}
+    done = subprocess.run([sys.executable, "-m", "safegen", "serve"], env={**_env(), **env},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "some-org/missing-model" in done.stderr
+    assert "safegen download some-org/missing-model" in done.stderr
+    assert "SAFEGEN_NSFW_MODEL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_classify_folder(tmp_path, tiny_vit_dir):
+    folder = tmp_path / "pics"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(images.jpeg(1, (128, 128)))
+    (folder / "sub" / "b.png").write_bytes(images.png(2))
+    (folder / "sub" / "broken.jpg").write_bytes(b"nope")
+    (folder / "readme.txt").write_text("ignored")
+    command = [sys.executable, "-m", "safegen", "classify", str(folder), "--model",
+               str(tiny_vit_dir), "--quiet"]
+    flat = subprocess.run([*command, "--format", "json"], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert flat.returncode == 0, flat.stderr
+    assert [r["path"] for r in json.loads(flat.stdout)] == [str(folder / "a.jpg")]
+    deep = subprocess.run([*command, "--recursive", "--format", "csv"], capture_output=True,
+                          text=True, timeout=120, env=_env())
+    lines = deep.stdout.strip().splitlines()
+    assert lines[0] == "path,label,nsfw_score,error"
+    assert len(lines) == 4
+    assert deep.returncode == 1  # one file could not be scored
+    assert "not a recognised image" in deep.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

@@ -1,0 +1,102 @@
+"""Fixtures that run the app in-process (httpx ASGITransport, lifespan on) or as a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from safegen.app import create_app
+from safegen.settings import Settings
+
+
+def settings_for(model_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: the tiny model, small limits where useful, loopback only."""
+    values: dict[str, object] = {"nsfw_model": str(model_dir), "max_batch_size": 8}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an httpx client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://safegen") as client:
+            yield client
+
+
+@pytest.fixture
+def make_client(tiny_vit_dir: Path) -> Callable[..., object]:
+    """``async with make_client(**settings) as client``: an app built from test settings."""
+
+    def factory(**overrides: object) -> object:
+        return running_app(create_app(settings_for(tiny_vit_dir, **overrides)))
+
+    return factory
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(env: dict[str, str], log_path: Path, timeout_s: float = 60) -> ServerProcess:
+    """Start ``python -m safegen serve`` with ``env`` and wait until /readyz answers 200."""
+    port = free_port()
+    full_env = {**os.environ, **env, "SAFEGEN_HOST": "127.0.0.1", "SAFEGEN_PORT": str(port)}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "safegen", "serve"], env=full_env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return ServerProcess(process, url, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server not ready in {timeout_s}s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+    """Start real server processes; every one still running is killed at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str]) -> ServerProcess:
+        server = start_server(env, tmp_path / f"server-{len(started)}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)

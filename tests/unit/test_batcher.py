@@ -1,0 +1,166 @@
+"""The batcher with a fake model: batching across concurrent requests, limits and failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from safegen.errors import InferenceFailed, NotReady, Overloaded
+from safegen.moderation.batcher import Batcher
+
+
+class FakeModel:
+    """Doubles its inputs; records batch sizes and the thread it ran on; can fail or stall."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+        self.fail_when: int | None = None
+        self.gate: threading.Event | None = None
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.threads.add(threading.current_thread().name)
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay_s)
+        self.batches.append(list(items))
+        if self.fail_when is not None and self.fail_when in items:
+            raise RuntimeError("boom")
+        return [2 * i for i in items]
+
+
+@pytest.fixture
+def executor():
+    pool = ThreadPoolExecutor(1, "test-model")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+async def started(model, executor, **kw) -> Batcher[int, int]:
+    options = {"max_batch_size": 8, "max_wait_s": 0.05, "max_queue": 100} | kw
+    batcher: Batcher[int, int] = Batcher(model, executor, **options)
+    await batcher.start()
+    return batcher
+
+
+async def test_concurrent_requests_share_batches(executor):
+    model = FakeModel(delay_s=0.05)
+    batcher = await started(model, executor)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    await batcher.stop()
+    assert results == [2 * i for i in range(20)]
+    assert max(len(b) for b in model.batches) == 8  # never above max_batch_size
+    assert len(model.batches) < 20  # formed across requests
+    assert model.threads == {"test-model_0"}  # never on the event loop thread
+
+
+async def test_lone_request_does_not_wait_for_a_batch(executor):
+    model = FakeModel()
+    batcher = await started(model, executor, max_wait_s=2.0)
+    began = time.monotonic()
+    assert await batcher.submit(3) == 6
+    assert time.monotonic() - began < 1.0  # nothing else expected: no 2 s wait
+    await batcher.stop()
+
+
+async def test_waits_up_to_max_wait_for_expected_items(executor):
+    model = FakeModel()
+    expected = {"n": 1}
+    batcher = await started(model, executor, max_wait_s=0.3, expected=lambda: expected["n"])
+    first = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    expected["n"] = 0
+    second = asyncio.ensure_future(batcher.submit(2))
+    assert await asyncio.gather(first, second) == [2, 4]
+    assert model.batches == [[1, 2]]  # the expected item joined the first batch
+    await batcher.stop()
+
+
+async def test_max_wait_bounds_the_wait(executor):
+    model = FakeModel()
+    batcher = await started(model, executor, max_wait_s=0.1, expected=lambda: 1)
+    began = time.monotonic()
+    assert await batcher.submit(5) == 10
+    assert 0.09 <= time.monotonic() - began < 1.5
+    await batcher.stop()
+
+
+async def test_failing_batch_fails_only_its_requests_and_loop_lives(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    model.fail_when = 13
+    batcher = await started(model, executor, max_batch_size=2, max_wait_s=0)
+    blocked = asyncio.ensure_future(batcher.submit(0))  # occupies the model
+    await asyncio.sleep(0.05)
+    bad = [asyncio.ensure_future(batcher.submit(i)) for i in (13, 1)]
+    good = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3)]
+    model.gate.set()
+    assert await blocked == 0
+    for future in bad:
+        with pytest.raises(InferenceFailed):
+            await future
+    assert [await f for f in good] == [4, 6]
+    assert await batcher.submit(7) == 14  # the loop is still alive
+    await batcher.stop()
+
+
+async def test_wrong_number_of_outputs_fails_the_batch(executor):
+    batcher = await started(lambda items: items[:-1], executor)
+    with pytest.raises(InferenceFailed):
+        await batcher.submit(1)
+    await batcher.stop()
+
+
+async def test_cancelled_requests_are_skipped(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_wait_s=0)
+    blocker = asyncio.ensure_future(batcher.submit(100))
+    await asyncio.sleep(0.05)
+    abandoned = asyncio.ensure_future(batcher.submit(1))
+    kept = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    model.gate.set()
+    assert await blocker == 200
+    assert await kept == 4
+    assert all(1 not in batch for batch in model.batches)
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused_at_once(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_queue=3, max_wait_s=0)
+    running = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # taken by the model: queue empty again
+    queued = batcher.submit_many([1, 2, 3])
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit_many([4])
+    assert "SAFEGEN_MAX_QUEUE_IMAGES" in refused.value.message
+    model.gate.set()
+    assert await running == 0
+    assert await asyncio.gather(*queued) == [2, 4, 6]
+    await batcher.stop()
+
+
+async def test_stop_fails_what_cannot_finish_in_the_grace_period(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_batch_size=1, max_wait_s=0)
+    running = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.01)
+    await batcher.stop(grace_s=0.1)
+    model.gate.set()
+    for future in (running, waiting):
+        with pytest.raises(NotReady):
+            await future
+    with pytest.raises(NotReady):
+        await batcher.submit(2)

@@ -1,0 +1,93 @@
+"""Safe decoding: limits are checked from the header, every bad file gets a named error."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safegen.errors import ImageError, TooLarge, UnsupportedFormat
+from safegen.imaging import ImageLimits, decode_for_model, encode_jpeg, md5_hex, open_checked
+from tests.support import images
+
+LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        (b"", ImageError, "empty"),
+        (b"hello, not an image", ImageError, "not a recognised image"),
+        (images.polyglot(), ImageError, "not a recognised image"),
+        (images.png_with_declared_size(100_000, 100_000), TooLarge, "SAFEGEN_MAX_IMAGE_PIXELS"),
+        (images.decompression_bomb_png(4000), TooLarge, "16000000 pixels"),
+        (images.encode(images.photo_like(0, (32, 32)), "BMP"), UnsupportedFormat, "BMP"),
+        (images.encode(images.photo_like(0, (32, 32)), "TIFF"), UnsupportedFormat, "allowed"),
+    ],
+    ids=["empty", "text", "polyglot", "huge-header", "bomb", "bmp", "tiff"],
+)
+def test_rejections_name_the_problem(data, error, words):
+    with pytest.raises(error) as raised:
+        decode_for_model(data, LIMITS, (224, 224), fast=True)
+    assert words in raised.value.message
+
+
+def test_truncated_jpeg_is_an_image_error():
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode_for_model(images.truncated_jpeg(), LIMITS, (224, 224), fast=False)
+
+
+def test_byte_limit_is_checked_before_parsing():
+    with pytest.raises(TooLarge, match="SAFEGEN_MAX_IMAGE_BYTES"):
+        open_checked(b"\xff" * 101, ImageLimits(max_bytes=100))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "JPEG"])
+def test_allowed_formats_decode_to_model_size(fmt):
+    data = images.encode(images.photo_like(1, (300, 200)), fmt)
+    pixels = decode_for_model(data, LIMITS, (224, 224), fast=True)
+    assert pixels.shape == (224, 224, 3)
+    assert pixels.dtype == np.uint8
+
+
+def test_rgba_and_greyscale_become_rgb():
+    for mode in ("RGBA", "L", "P"):
+        pixels = decode_for_model(images.png(2, mode=mode), LIMITS, (224, 224), fast=True)
+        assert pixels.shape == (224, 224, 3)
+
+
+def test_gif_uses_its_first_frame():
+    frames = [Image.new("RGB", (40, 40), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    pixels = decode_for_model(buffer.getvalue(), LIMITS, (224, 224), fast=True)
+    assert pixels[..., 0].mean() > 200
+    assert pixels[..., 2].mean() < 50
+
+
+def test_exif_orientation_is_applied():
+    tall = Image.new("RGB", (40, 80), (0, 0, 0))
+    tall.paste((255, 255, 255), (0, 0, 40, 40))  # top half white
+    exif = Image.Exif()
+    exif[0x0112] = 3  # rotated 180 degrees: the white half must end up at the bottom
+    data = images.encode(tall, "JPEG", exif=exif, quality=95)
+    pixels = decode_for_model(data, LIMITS, (224, 224), fast=False)
+    assert pixels[:100].mean() < 60
+    assert pixels[-100:].mean() > 200
+
+
+def test_fast_jpeg_decode_stays_close_to_exact():
+    data = images.jpeg(3)
+    exact = decode_for_model(data, LIMITS, (224, 224), fast=False).astype(np.int16)
+    fast = decode_for_model(data, LIMITS, (224, 224), fast=True).astype(np.int16)
+    assert np.abs(exact - fast).mean() < 3.0  # grey levels out of 255
+    assert not np.array_equal(exact, fast)  # the draft path really ran
+
+
+def test_jpeg_hash_is_of_the_exact_bytes():
+    data = encode_jpeg(images.photo_like(4, (64, 64)), quality=90)
+    assert data[:2] == b"\xff\xd8"
+    assert md5_hex(data) == __import__("hashlib").md5(data).hexdigest()
+    assert Image.open(io.BytesIO(data)).format == "JPEG"

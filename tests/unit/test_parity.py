@@ -1,0 +1,76 @@
+"""Scores from the engine against ``transformers.pipeline("image-classification")``.
+
+Bounds (max |delta p| over the test images), stated in the README:
+- exact path (full decode, fp32): 1e-4;
+- fast JPEG decode (draft at reduced scale), fp32: 2e-2;
+- bf16 autocast on CPU (default where the CPU has native bf16), exact decode: 1e-2.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from safegen.moderation.backends import PARITY_BOUNDS
+from safegen.moderation.engine import ClassifierEngine, EngineConfig
+from tests.support import images
+from tests.support.tiny_models import build_full_vit_b16
+
+FAST_DECODE_BOUND = 2e-2
+
+TEST_IMAGES = [
+    *(images.jpeg(seed) for seed in range(4)),
+    images.jpeg(7, (300, 200)),
+    images.jpeg(8, (1000, 1000)),
+    images.png(9, (640, 480)),
+    images.png(10, (200, 300), mode="RGBA"),
+]
+
+
+def pipeline_scores(model_dir: Path) -> np.ndarray:
+    from transformers import pipeline
+
+    classify = pipeline("image-classification", model=str(model_dir), device="cpu")
+    rows = []
+    for data in TEST_IMAGES:
+        out = classify(Image.open(io.BytesIO(data)), top_k=None)
+        by_label = {d["label"]: d["score"] for d in out}
+        rows.append([by_label["normal"], by_label["nsfw"]])
+    return np.array(rows)
+
+
+async def engine_scores(model_dir: Path, *, fast: bool, precision: str) -> np.ndarray:
+    config = EngineConfig(model=str(model_dir), fast_decode=fast, precision=precision,
+                          device="cpu")
+    async with ClassifierEngine(config) as engine:
+        results = await engine.classify_bytes(TEST_IMAGES)
+    return np.array([[r.scores["normal"], r.scores["nsfw"]] for r in results])  # type: ignore[union-attr]
+
+
+async def check_parity(model_dir: Path) -> dict[str, float]:
+    reference = pipeline_scores(model_dir)
+    drift = {
+        "exact-fp32": await engine_scores(model_dir, fast=False, precision="fp32"),
+        "fast-fp32": await engine_scores(model_dir, fast=True, precision="fp32"),
+        "exact-bf16": await engine_scores(model_dir, fast=False, precision="bf16"),
+    }
+    found = {name: float(np.abs(scores - reference).max()) for name, scores in drift.items()}
+    assert found["exact-fp32"] <= PARITY_BOUNDS["fp32"], found
+    assert found["fast-fp32"] <= FAST_DECODE_BOUND, found
+    assert found["exact-bf16"] <= PARITY_BOUNDS["bf16"], found
+    return found
+
+
+async def test_parity_with_transformers_pipeline_tiny(tiny_vit_dir):
+    await check_parity(tiny_vit_dir)
+
+
+@pytest.mark.slow
+async def test_parity_with_transformers_pipeline_full_size(tmp_path):
+    """The full-size ViT-B/16 (random weights): the real model's depth amplifies drift."""
+    found = await check_parity(build_full_vit_b16(tmp_path / "vit-b16"))
+    print("max |dp| full-size ViT-B/16:", found)
