@@ -29,6 +29,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         model=settings.nsfw_model,
         cache_dir=settings.model_cache_dir,
         device=settings.device,
+        backend=settings.backend,
         precision=settings.precision,
         fast_decode=settings.fast_decode,
         max_batch_size=settings.max_batch_size,

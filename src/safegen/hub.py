@@ -1,4 +1,4 @@
-"""Where model weights come from: a local directory or the Hugging Face hub (its cache when offline).
+"""Where model weights come from: a local directory or the Hugging Face hub (or its cache).
 
 Every model the service loads (the NSFW classifier, the image generator, a model-based upscaler)
 goes through these helpers, so a missing model always fails the same way: a ``ModelUnavailable``
@@ -44,7 +44,7 @@ def _capitalised(kind: str) -> str:
 
 
 def missing_weights_message(model: str, kind: str, env_var: str) -> str:
-    """The one line shown when a hub model's weights are not on this machine and cannot be fetched."""
+    """The one line shown when a hub model is not on this machine and cannot be fetched."""
     return (
         f"{_capitalised(kind)} '{model}' is not available offline: run `safegen download {model}` "
         f"on a connected machine (fills the Hugging Face cache) or set {env_var} to a local "
@@ -53,7 +53,7 @@ def missing_weights_message(model: str, kind: str, env_var: str) -> str:
 
 
 def load_failed_message(model: str, kind: str, env_var: str) -> str:
-    """The one line shown when the files are there but do not load (corrupt, wrong kind of model)."""
+    """The one line shown when the files are there but do not load (corrupt, wrong kind)."""
     return (
         f"{_capitalised(kind)} '{model}' could not be loaded (details in the server log): set "
         f"{env_var} to a hub id or a local directory holding a complete model of the right kind."
@@ -103,7 +103,7 @@ def _in_cache(model: str, cache_dir: Path | None) -> bool:
 
 
 def download(model: str, cache_dir: Path | None = None) -> Path:
-    """Fetch every file of ``model`` into the hub cache (``safegen download`` on a connected machine).
+    """Fetch every file of ``model`` into the hub cache (``safegen download``, connected machine).
 
     Raises ``ModelUnavailable`` (one line, no library text) when the hub cannot be reached or the
     repository does not exist.

@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     nsfw_model: str = Field(DEFAULT_NSFW_MODEL, description="hub id or local directory")
     model_cache_dir: Path | None = Field(None, description="hub cache; default: HF_HOME's")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
     fast_decode: bool = Field(
         True, description="JPEG draft decoding (faster, within the stated parity bound)"
     )

@@ -28,6 +28,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters httpx would re-encode (changing what was signed) or that hide what the URL means.
 _FORBIDDEN_CHARS = re.compile(r'[\x00-\x20\x7f-\U0010ffff"<>`{}\\]')
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.0.0.0 to the local host
 
 
 class HostUnresolvable(UploadTargetRejected):
@@ -107,7 +108,7 @@ def address_class(address: IPAddress) -> str | None:
             return address_class(embedded)
     # Order matters: Python also calls loopback, link-local and reserved ranges "private".
     checks = (
-        ("unspecified", address.is_unspecified),
+        ("unspecified", address.is_unspecified or address in _THIS_NETWORK),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),

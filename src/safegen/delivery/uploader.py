@@ -159,7 +159,7 @@ class Uploader:
                  **kwargs: object) -> httpx.Request:
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         return self._client.build_request(
-            method, target.pinned_url(), headers=headers, timeout=self.config.timeout(),
+            method, target.url, headers=headers, timeout=self.config.timeout(),
             extensions=extensions, **kwargs,  # type: ignore[arg-type]
         )
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One image to generate. Ranges are enforced by the API layer; backends check what they must."""
+    """One image to generate. The API layer enforces ranges; backends check what they must."""
 
     prompt: str
     negative_prompt: str | None

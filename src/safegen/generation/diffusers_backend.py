@@ -1,9 +1,9 @@
 """Text-to-image generation with a diffusers pipeline, loaded from a hub id or a local directory.
 
 A diffusers pipeline is not safe to call from two threads at once (the scheduler keeps per-call
-state such as its timesteps), and a call takes seconds of CPU/GPU work that must not run on the event
-loop. So each generator owns ONE worker thread: loading, warm-up and every generation run there, one
-after another, while the event loop only awaits their futures.
+state such as its timesteps), and a call takes seconds of CPU/GPU work that must not run on the
+event loop. So each generator owns ONE worker thread: loading, warm-up and every generation run
+there, one after another, while the event loop only awaits their futures.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from safegen.errors import GenerationFailed, InvalidInput, ModelUnavailable, NotReady
+from safegen.errors import GenerationFailed, InvalidInput, ModelUnavailable, NotReady, Overloaded
 from safegen.generation.base import GenerationRequest
 from safegen.hub import load_failed_message, model_unavailable, resolve_model
 
@@ -40,10 +41,12 @@ def resolve_device(device: str, env_var: str = "SAFEGEN_DEVICE") -> str:
 
 
 class DiffusersGenerator:
-    """A ``Generator`` backed by any diffusers text-to-image pipeline (``AutoPipelineForText2Image``).
+    """A ``Generator`` backed by any diffusers text-to-image pipeline (via ``AutoPipeline``).
 
     fp16 on CUDA, fp32 on CPU. ``seed`` makes a request reproducible (same pixels on the same
-    machine and library versions). Concurrent ``generate`` calls are queued on the worker thread.
+    machine and library versions). Concurrent ``generate`` calls are queued on the worker thread;
+    at most ``max_pending`` (running one included), beyond which ``Overloaded`` is raised at once
+    instead of letting the queue, and every caller's wait, grow without bound.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class DiffusersGenerator:
         *,
         name: str | None = None,
         env_var: str = "SAFEGEN_GENERATOR_MODEL",
+        max_pending: int = 16,
     ) -> None:
         self.model = model
         self.name = name or model.rstrip("/").rsplit("/", 1)[-1]
@@ -63,8 +67,12 @@ class DiffusersGenerator:
         self.cache_dir = cache_dir
         self.warmup_steps = warmup_steps
         self.env_var = env_var
+        self.max_pending = max_pending
         self.pipeline: Any = None
         self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()  # released from the worker thread's done callback
+        self._last_duration_s = 1.0
 
     async def __aenter__(self) -> DiffusersGenerator:
         await self.start()
@@ -78,6 +86,11 @@ class DiffusersGenerator:
         return self.pipeline is not None
 
     @property
+    def pending(self) -> int:
+        """Generations queued or running now."""
+        return self._pending
+
+    @property
     def size_multiple(self) -> int:
         """Width and height must be multiples of this (the VAE's downsampling factor)."""
         return int(getattr(self.pipeline, "vae_scale_factor", 8) or 8)
@@ -85,7 +98,9 @@ class DiffusersGenerator:
     async def start(self) -> None:
         """Load the pipeline and run one tiny generation, both on the worker thread."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safegen-generate")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="safegen-generate"
+            )
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._load)
         if self.warmup_steps > 0:
@@ -120,12 +135,26 @@ class DiffusersGenerator:
         if pipeline is None or executor is None:
             raise NotReady("the image generator is not loaded")
         self._validate(req)
-        loop = asyncio.get_running_loop()
+        with self._pending_lock:
+            if self._pending >= self.max_pending:
+                wait_s = self._last_duration_s * self._pending
+                raise Overloaded(
+                    f"the image generator is busy ({self._pending} requests queued)",
+                    retry_after_s=max(1, round(wait_s)),
+                )
+            self._pending += 1
         try:
-            future = loop.run_in_executor(executor, self._generate, pipeline, req)
+            future = executor.submit(self._generate, pipeline, req)
         except RuntimeError:  # the executor was shut down between the check and the submit
+            self._release()
             raise NotReady("the image generator is shutting down") from None
-        return await future
+        # Runs when the work ends, or at once if a caller that gave up cancels it while queued.
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _future: object = None) -> None:
+        with self._pending_lock:
+            self._pending -= 1
 
     # -- worker-thread side -----------------------------------------------------------------------
 
@@ -133,7 +162,9 @@ class DiffusersGenerator:
         import torch
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
-        source = resolve_model(self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir)
+        source = resolve_model(
+            self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir
+        )
         self.device = resolve_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         kwargs: dict[str, Any] = {"dtype": dtype, "cache_dir": self.cache_dir}
@@ -155,7 +186,11 @@ class DiffusersGenerator:
         self.pipeline = pipeline
         logger.info(
             "generator %s (%s) loaded on %s/%s in %.2f s",
-            self.name, type(pipeline).__name__, self.device, dtype, time.perf_counter() - started,
+            self.name,
+            type(pipeline).__name__,
+            self.device,
+            dtype,
+            time.perf_counter() - started,
         )
 
     def _generate(self, pipeline: Any, req: GenerationRequest) -> Image.Image:
@@ -173,14 +208,20 @@ class DiffusersGenerator:
             kwargs["generator"] = torch.Generator(self.device).manual_seed(req.seed)
         if req.guidance_scale is not None:
             kwargs["guidance_scale"] = req.guidance_scale
+        started = time.perf_counter()
         try:
             with torch.inference_mode():
                 image = pipeline(**kwargs).images[0]
         except Exception:
             # Library text may quote internals or the prompt: log it, answer a fixed message.
-            logger.exception("generation failed (%dx%d, %d steps)", req.width, req.height,
-                             req.num_inference_steps)
+            logger.exception(
+                "generation failed (%dx%d, %d steps)",
+                req.width,
+                req.height,
+                req.num_inference_steps,
+            )
             raise GenerationFailed(_FAILED) from None
+        self._last_duration_s = time.perf_counter() - started
         if image.size != (req.width, req.height):
             # Some pipelines round sizes to their own multiple; the contract is the requested size.
             image = image.resize((req.width, req.height), Image.Resampling.LANCZOS)
@@ -195,6 +236,8 @@ class DiffusersGenerator:
                     f"{field} must be a positive multiple of {multiple}, got {value}", field=field
                 )
         if req.num_inference_steps < 1:
-            raise InvalidInput("num_inference_steps must be at least 1", field="num_inference_steps")
+            raise InvalidInput(
+                "num_inference_steps must be at least 1", field="num_inference_steps"
+            )
         if req.seed is not None and not 0 <= req.seed < 2**63:
             raise InvalidInput("seed must be between 0 and 2**63 - 1", field="seed")

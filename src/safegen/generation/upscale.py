@@ -2,8 +2,8 @@
 
 Two kinds, chosen by one setting (see ``build_upscaler``):
 
-- ``ResizeUpscaler``: a Lanczos resize. It is fast (tens of ms) and honest about what it is: it makes
-  the image bigger and smooth, it adds no detail. The default, ``lanczos2x``.
+- ``ResizeUpscaler``: a Lanczos resize. It is fast (tens of ms) and honest about what it is: it
+  makes the image bigger and smooth, it adds no detail. The default, ``lanczos2x``.
 - ``DiffusersUpscaler``: a diffusion upscaler (``stabilityai/sd-x2-latent-upscaler``,
   ``stabilityai/stable-diffusion-x4-upscaler`` or a local copy) that does invent detail, at the cost
   of a second diffusion run; used only when configured.
@@ -71,7 +71,7 @@ class ResizeUpscaler:
 class DiffusersUpscaler:
     """A diffusion-model upscaler (2x latent or 4x), loaded from a hub id or a local directory.
 
-    Like the generator, it owns one worker thread: the pipeline is not safe to share between threads.
+    Like the generator it owns one worker thread: a pipeline is not safe to share between threads.
     """
 
     def __init__(
@@ -116,7 +116,9 @@ class DiffusersUpscaler:
         import torch
         from diffusers import DiffusionPipeline
 
-        source = resolve_model(self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir)
+        source = resolve_model(
+            self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir
+        )
         self.device = resolve_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:

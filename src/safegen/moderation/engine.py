@@ -47,6 +47,7 @@ class EngineConfig:
     model: str
     cache_dir: Path | None = None
     device: str = "auto"
+    backend: str = "auto"
     precision: str = "auto"
     fast_decode: bool = True
     max_batch_size: int = 32
