@@ -12,6 +12,5 @@ pytest_plugins = [
     "tests.support.tiny_models",
     "tests.support.redis_server",
     "tests.support.s3servers",
-    "tests.support.faultserver",
     "tests.support.app_client",
 ]

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from safegen import __version__
-from safegen.api import classify, health
+from safegen.api import classify, generate, health
 from safegen.api.errors import install_error_handlers
 from safegen.api.observability import ObservabilityMiddleware
+from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy
+from safegen.generation.base import Generator
+from safegen.generation.upscale import build_upscaler
 from safegen.imaging import ImageLimits
 from safegen.metrics import Metrics
 from safegen.moderation.engine import Classifier, ClassifierEngine, EngineConfig
+from safegen.services.generate import GenerateConfig, GenerateService
 from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.app")
@@ -56,31 +60,73 @@ def preflight(settings: Settings) -> None:
 
     resolve_model(settings.nsfw_model, kind="NSFW classifier", env_var=NSFW_ENV_VAR,
                   cache_dir=settings.model_cache_dir)
+    if build_generator(settings) is not None:
+        resolve_model(settings.generator_model, kind="image generator",
+                      env_var="SAFEGEN_GENERATOR_MODEL", cache_dir=settings.model_cache_dir)
+
+
+def upload_config(settings: Settings) -> UploadConfig:
+    return UploadConfig(
+        backoff_s=tuple(settings.upload_backoff_s),
+        connect_timeout_s=settings.upload_connect_timeout_s,
+        read_timeout_s=settings.upload_timeout_s,
+        write_timeout_s=settings.upload_timeout_s,
+        policy=UploadTargetPolicy(
+            allowed_schemes=tuple(settings.upload_allowed_schemes),
+            allowed_hosts=tuple(settings.upload_allowed_hosts),
+            allow_private=settings.upload_allow_private,
+            allow_loopback=settings.upload_allow_loopback,
+        ),
+    )
+
+
+def build_generator(settings: Settings) -> Generator | None:
+    if settings.generator_model.strip().lower() in ("", "none"):
+        return None
+    from safegen.generation.diffusers_backend import DiffusersGenerator
+
+    return DiffusersGenerator(
+        settings.generator_model, settings.device, settings.model_cache_dir,
+        warmup_steps=settings.generator_warmup_steps, max_pending=settings.generator_max_pending,
+    )
 
 
 def create_app(
     settings: Settings | None = None,
     *,
     classifier: Classifier | None = None,
+    generator: Generator | None = None,
 ) -> FastAPI:
-    """Build the app. ``classifier`` replaces the in-process engine (a remote handle, a fake)."""
+    """Build the app.
+
+    ``classifier`` and ``generator`` replace the in-process engines (remote handles, fakes); the
+    caller then owns their life cycle. Otherwise they are built from ``settings``, started in the
+    lifespan and stopped in reverse order after in-flight jobs have drained.
+    """
     settings = settings or Settings()
     metrics = Metrics()
-    owned = classifier is None
     engine: Classifier = classifier or ClassifierEngine(engine_config(settings), metrics)
+    image_generator = generator or build_generator(settings)
+    components: dict[str, object] = {"classifier": engine}
+    if image_generator is not None:
+        components["generator"] = image_generator
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if owned:
-            await engine.start()  # type: ignore[attr-defined]
-        metrics.ready.set(1)
-        try:
-            yield
-        finally:
-            app.state.stopping = True
-            metrics.ready.set(0)
-            if owned:
-                await engine.stop(settings.shutdown_grace_s)  # type: ignore[attr-defined]
+        async with AsyncExitStack() as stack:
+            if classifier is None:
+                await engine.start()  # type: ignore[attr-defined]
+                stack.push_async_callback(engine.stop, settings.shutdown_grace_s)  # type: ignore[attr-defined]
+            if image_generator is not None:
+                app.state.generate_service = await _start_generation(
+                    stack, settings, engine, image_generator, metrics, owned=generator is None
+                )
+            metrics.ready.set(1)
+            try:
+                yield
+            finally:
+                app.state.stopping = True
+                metrics.ready.set(0)
 
     app = FastAPI(
         title="safegen",
@@ -91,10 +137,37 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.classifier = engine
+    app.state.generate_service = None
     app.state.stopping = False
-    app.state.readiness = lambda: {"classifier": engine.ready}
+    app.state.readiness = lambda: {
+        name: bool(getattr(part, "ready", True)) for name, part in components.items()
+    }
     install_error_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(classify.router)
+    app.include_router(generate.router)
     return app
+
+
+async def _start_generation(
+    stack: AsyncExitStack, settings: Settings, classifier: Classifier, generator: Generator,
+    metrics: Metrics, *, owned: bool,
+) -> GenerateService:
+    """Start the generator, upscaler and uploader; the returned service drains first on exit."""
+    if owned:
+        await generator.start()
+        stack.push_async_callback(generator.stop)
+    upscaler = build_upscaler(settings.upscaler, settings.device, settings.model_cache_dir)
+    if upscaler is not None:
+        await upscaler.start()
+        stack.push_async_callback(upscaler.stop)
+    uploader = Uploader(upload_config(settings))
+    stack.push_async_callback(uploader.aclose)
+    service = GenerateService(
+        generator, classifier, uploader,
+        GenerateConfig(jpeg_quality=settings.jpeg_quality, nsfw_timeout_s=settings.nsfw_timeout_s),
+        metrics, upscaler,
+    )
+    stack.push_async_callback(service.drain, settings.shutdown_grace_s)
+    return service

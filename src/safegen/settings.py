@@ -49,6 +49,39 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
 
+    # --- image generation (/generate) ---------------------------------------------------------
+    generator_model: str = Field(
+        "none", description="hub id or local directory of a text-to-image pipeline; none: off"
+    )
+    generator_warmup_steps: int = Field(1, ge=0, le=50)
+    generator_max_pending: int = Field(16, ge=1, description="queued+running generations; then 503")
+    upscaler: str = Field(
+        "lanczos2x", description="lanczos2x (a resize), none, or a diffusion upscaler's hub id/dir"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    nsfw_timeout_s: float = Field(5.0, gt=0, le=120)
+    max_prompt_chars: int = Field(2000, ge=1)
+    min_image_side: int = Field(64, ge=8)
+    max_image_side: int = Field(2048, ge=8)
+    image_side_multiple: int = Field(8, ge=1)
+    max_inference_steps: int = Field(100, ge=1)
+
+    # --- delivery (presigned uploads) ---------------------------------------------------------
+    upload_allowed_schemes: CommaList = Field(default_factory=lambda: ["https"])
+    upload_allowed_hosts: CommaList = Field(
+        default_factory=list, description="host names or *.suffix patterns; empty: any public host"
+    )
+    upload_allow_private: bool = False
+    upload_allow_loopback: bool = False
+    upload_backoff_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0], description="sleeps between attempts"
+    )
+    upload_connect_timeout_s: float = Field(5.0, gt=0)
+    upload_timeout_s: float = Field(30.0, gt=0, description="read/write timeout per attempt")
+    upload_default_headers: CommaList = Field(
+        default_factory=list, description="'Name: value' headers the signer signed, sent always"
+    )
+
     # --- input limits ---------------------------------------------------------------------------
     max_files_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -56,7 +89,34 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1)
     allowed_formats: CommaList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
 
-    _split_lists = field_validator("allowed_formats", mode="before")(_split_commas)
+    _split_lists = field_validator(
+        "allowed_formats", "upload_allowed_schemes", "upload_allowed_hosts", "upload_backoff_s",
+        "upload_default_headers", mode="before",
+    )(_split_commas)
+
+    @field_validator("upload_backoff_s")
+    @classmethod
+    def _backoff_range(cls, values: list[float]) -> list[float]:
+        if any(not 0 <= seconds <= 600 for seconds in values):
+            raise ValueError("every backoff must be between 0 and 600 seconds")
+        return values
+
+    @field_validator("upload_allowed_schemes")
+    @classmethod
+    def _schemes(cls, values: list[str]) -> list[str]:
+        lowered = [v.lower() for v in values]
+        if not lowered or set(lowered) - {"http", "https"}:
+            raise ValueError("upload schemes must be a non-empty subset of http, https")
+        return lowered
+
+    @field_validator("upload_default_headers")
+    @classmethod
+    def _header_lines(cls, values: list[str]) -> list[str]:
+        for value in values:
+            name, sep, _ = value.partition(":")
+            if not sep or not name.strip():
+                raise ValueError(f"header '{value}' must look like 'Name: value'")
+        return values
 
     @field_validator("allowed_formats")
     @classmethod
@@ -74,4 +134,6 @@ class Settings(BaseSettings):
     def _consistent_limits(self) -> Settings:
         if self.max_image_bytes > self.max_request_bytes:
             raise ValueError("max_image_bytes cannot exceed max_request_bytes")
+        if self.min_image_side > self.max_image_side:
+            raise ValueError("min_image_side cannot exceed max_image_side")
         return self

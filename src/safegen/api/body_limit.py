@@ -44,16 +44,22 @@ class BodySizeLimitMiddleware:
     """Rejects request bodies larger than ``max_bytes`` with 413, declared or streamed.
 
     ``paths_prefixes`` limits the check to paths starting with one of them (all paths if None).
+    ``on_reject`` is called once per refused request (e.g. to count it in a metric).
     """
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int, paths_prefixes: Sequence[str] | None = None
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        paths_prefixes: Sequence[str] | None = None,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.app = app
         self.max_bytes = max_bytes
         self.paths_prefixes = tuple(paths_prefixes) if paths_prefixes is not None else None
+        self.on_reject = on_reject
 
     def _applies(self, scope: Scope) -> bool:
         if scope["type"] != "http":
@@ -84,7 +90,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
-                if False:
+                if total > self.max_bytes:
                     exceeded = True
                     raise BodyTooLarge(_message(self.max_bytes))
             return message
@@ -111,6 +117,8 @@ class BodySizeLimitMiddleware:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
+        if self.on_reject is not None:
+            self.on_reject()
         body = json.dumps(
             {"error": {"code": "too_large", "message": _message(self.max_bytes)}}
         ).encode()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -90,9 +90,9 @@ def client_ip(
         return str(peer)
     networks: Sequence[IPNetwork]
     if all(isinstance(entry, str) for entry in trusted_proxies):
-        networks = _cached_networks(tuple(trusted_proxies))  # type: ignore[arg-type]
+        networks = _cached_networks(tuple(cast("Sequence[str]", trusted_proxies)))
     else:
-        networks = tuple(trusted_proxies)  # type: ignore[arg-type]
+        networks = tuple(cast("Sequence[IPNetwork]", trusted_proxies))
     if not _is_trusted(peer, networks):
         return str(peer)
     nearest_trusted = peer

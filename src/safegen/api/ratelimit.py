@@ -20,9 +20,10 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 from limits import RateLimitItem, parse_many
+from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import STRATEGIES
 from limits.aio.strategies import RateLimiter as _Strategy
 from limits.storage import storage_from_string
@@ -154,8 +155,10 @@ class RateLimiter:
                 "socket_timeout": storage_timeout_s,
                 "retry": Retry(NoBackoff(), 1),
             }
-        self._storage = storage_from_string(uri, **options)  # type: ignore[arg-type]
-        self._strategy: _Strategy = STRATEGIES[strategy](self._storage)  # type: ignore[arg-type]
+        storage = storage_from_string(uri, **options)  # type: ignore[arg-type]
+        self._storage = cast(AsyncStorage, storage)
+        make_strategy: Callable[[Any], _Strategy] = STRATEGIES[strategy]
+        self._strategy = make_strategy(self._storage)
         self._warn = _ThrottledWarning()
 
     def limit_for(self, route: str) -> RateLimitItem:

@@ -40,7 +40,12 @@ _ERROR_BODY_LIMIT = 16 * 1024  # enough for an S3 error document; the rest is ne
 def content_md5_header(body: bytes) -> str:
     """The ``Content-MD5`` value for ``body`` (base64 of the binary digest). Sending it is the
     caller's choice: on a presigned URL it must have been signed."""
-    return base64.b64encode(hashlib.md5(body).digest()).decode("ascii")  # noqa: S324 (not security)
+    return base64.b64encode(_md5(body)).decode("ascii")
+
+
+def _md5(body: bytes) -> bytes:
+    # MD5 here names and checks content (as S3 does); it protects nothing.
+    return hashlib.md5(body, usedforsecurity=False).digest()
 
 
 @dataclass
@@ -116,13 +121,14 @@ class Uploader:
         :class:`TooLarge` for an oversized body; every other failure is in the result.
         """
         self._check_size(body)
-        extra = dict(headers or {})
+        # Host is ours to set: it must name the URL's host while we connect to the checked address.
+        extra = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
 
         def build(target: ResolvedTarget) -> httpx.Request:
             return self._request(target, "PUT", {**extra, "Host": target.host_header},
                                  content=body)
 
-        job = _Upload(url, url, hashlib.md5(body).hexdigest(), expires_at(url), build,  # noqa: S324
+        job = _Upload(url, url, _md5(body).hex(), expires_at(url), build,
                       renamed=renamed, sent_headers=bool(extra))
         return await self._deliver(job)
 
@@ -147,7 +153,7 @@ class Uploader:
                                  files=files)
 
         result_url = f"{url.split('?', 1)[0].rstrip('/')}/{quote(key, safe='/')}"
-        job = _Upload(url, result_url, hashlib.md5(body).hexdigest(),  # noqa: S324
+        job = _Upload(url, result_url, _md5(body).hex(),
                       post_policy_expires_at(dict(fields)), build, sent_headers=True)
         return await self._deliver(job)
 
@@ -159,7 +165,7 @@ class Uploader:
                  **kwargs: object) -> httpx.Request:
         extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
         return self._client.build_request(
-            method, target.url, headers=headers, timeout=self.config.timeout(),
+            method, target.pinned_url(), headers=headers, timeout=self.config.timeout(),
             extensions=extensions, **kwargs,  # type: ignore[arg-type]
         )
 

@@ -1,0 +1,188 @@
+"""``POST /generate``: generate an image, score it and deliver it (the spec's contract)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from safegen.api.schemas import ErrorBody, ErrorResponse
+from safegen.errors import InvalidInput, NotReady
+from safegen.generation.base import GenerationRequest
+from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
+from safegen.settings import Settings
+
+router = APIRouter(tags=["generation"])
+
+# Headers a signer may have signed; anything else could smuggle requests to the storage.
+SIGNABLE_HEADERS = {
+    "x-amz-acl", "content-type", "cache-control", "content-disposition", "content-encoding",
+    "content-language", "expires", "x-amz-storage-class", "x-amz-tagging",
+    "x-amz-server-side-encryption", "content-md5",
+}
+
+
+def _bool(value: object) -> object:
+    """Clients send ``"true"``/``"false"`` strings as often as JSON booleans: accept both."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ValueError("must be true or false (a JSON boolean or the string)")
+
+
+StrictishBool = Annotated[bool, BeforeValidator(_bool)]
+
+
+class GenerateBody(BaseModel):
+    """The spec's request; fields marked optional keep the spec's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="positive prompt")
+    negative_prompt: str | None = Field(None, description="what the image should not contain")
+    width: int = Field(512, description="image width in pixels (before upscaling)")
+    height: int = Field(1024, description="image height in pixels (before upscaling)")
+    num_inference_steps: int = Field(15, description="diffusion steps")
+    response_format: Literal["s3", "b64_json"] = "s3"
+    upscale: StrictishBool = Field(True, description="upscale before delivery")
+    s3_prefix: str | None = Field(
+        None, description="the complete presigned URL to PUT to (or the POST URL in post mode)"
+    )
+    enable_nsfw_check: StrictishBool = True
+    seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same pixels")
+    guidance_scale: float | None = Field(None, ge=0, le=50)
+    upload_mode: Literal["rename", "as_signed", "post"] = Field(
+        "rename",
+        description="rename: put to {md5}.jpg (the spec); as_signed: put to the URL as given; "
+        "post: presigned POST with a starts-with $key policy",
+    )
+    upload_headers: dict[str, str] | None = Field(
+        None, description="headers the signer signed (x-amz-acl, content-type, cache-control...)"
+    )
+    s3_post_fields: dict[str, str] | None = Field(
+        None, description="post mode: the presigned POST's form fields; 'key' is the prefix"
+    )
+
+
+class GenerateData(BaseModel):
+    s3_url: str | None = None
+    nsfw_score: float | None = Field(None, ge=0, le=1)
+    image_hash: str
+    s3_upload_status: int | None = None
+    b64_json: str | None = None
+
+
+class GenerateResponse(BaseModel):
+    data: GenerateData
+
+
+class GenerateFailure(BaseModel):
+    data: GenerateData
+    error: ErrorBody
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    responses={
+        422: {"model": ErrorResponse}, 500: {"model": ErrorResponse},
+        502: {"model": GenerateFailure, "description": "generated, but the upload failed"},
+        503: {"model": ErrorResponse},
+    },
+    summary="Generate an image, score it for NSFW content and deliver it",
+)
+async def generate(body: GenerateBody, request: Request) -> Any:
+    service: GenerateService | None = request.app.state.generate_service
+    if service is None:
+        raise NotReady("image generation is disabled (SAFEGEN_GENERATOR_MODEL=none)")
+    job = build_job(body, request.app.state.settings)
+    if job.delivery is not None:
+        await service.check_delivery(job.delivery)
+    outcome = await service.submit(job)
+    return render(outcome, request)
+
+
+def build_job(body: GenerateBody, settings: Settings) -> GenerateJob:
+    """Check the request against the configured limits; every refusal names its field."""
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise InvalidInput(
+            f"prompt is {len(body.prompt)} characters; the limit is {settings.max_prompt_chars} "
+            "(SAFEGEN_MAX_PROMPT_CHARS)", field="prompt",
+        )
+    if body.negative_prompt and len(body.negative_prompt) > settings.max_prompt_chars:
+        raise InvalidInput(
+            f"negative_prompt exceeds {settings.max_prompt_chars} characters "
+            "(SAFEGEN_MAX_PROMPT_CHARS)", field="negative_prompt",
+        )
+    for name in ("width", "height"):
+        value = getattr(body, name)
+        low, high, step = (settings.min_image_side, settings.max_image_side,
+                           settings.image_side_multiple)
+        if not low <= value <= high or value % step:
+            raise InvalidInput(
+                f"{name} must be a multiple of {step} between {low} and {high}; got {value}",
+                field=name,
+            )
+    if not 1 <= body.num_inference_steps <= settings.max_inference_steps:
+        raise InvalidInput(
+            f"num_inference_steps must be between 1 and {settings.max_inference_steps} "
+            "(SAFEGEN_MAX_INFERENCE_STEPS)", field="num_inference_steps",
+        )
+    return GenerateJob(
+        request=GenerationRequest(
+            prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width,
+            height=body.height, num_inference_steps=body.num_inference_steps, seed=body.seed,
+            guidance_scale=body.guidance_scale,
+        ),
+        upscale=body.upscale,
+        nsfw_check=body.enable_nsfw_check,
+        delivery=_delivery(body, settings),
+    )
+
+
+def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
+    if body.response_format == "b64_json":
+        return None  # the JPEG goes back inline; nothing is uploaded
+    if body.s3_prefix is None:
+        raise InvalidInput("s3_prefix (a presigned URL) is required for response_format=s3",
+                           field="s3_prefix")
+    if body.upload_mode == "post" and not body.s3_post_fields:
+        raise InvalidInput("upload_mode=post needs s3_post_fields", field="s3_post_fields")
+    headers = {
+        name.strip(): value.strip()
+        for name, _, value in (line.partition(":") for line in settings.upload_default_headers)
+    }
+    for name, value in (body.upload_headers or {}).items():
+        if name.lower() not in SIGNABLE_HEADERS and not name.lower().startswith("x-amz-meta-"):
+            raise InvalidInput(
+                f"header '{name}' may not be sent; allowed: x-amz-meta-*, "
+                + ", ".join(sorted(SIGNABLE_HEADERS)), field="upload_headers",
+            )
+        if any(c in value for c in "\r\n\0"):
+            raise InvalidInput(f"header '{name}' has a control character", field="upload_headers")
+        headers[name] = value
+    return Delivery(
+        url=body.s3_prefix, mode=body.upload_mode, headers=headers,
+        post_fields=body.s3_post_fields or {},
+    )
+
+
+def render(outcome: GenerateOutcome, request: Request) -> JSONResponse:
+    """The spec's response; 502 with the same data and a reason when the upload failed."""
+    data: dict[str, object] = {"nsfw_score": outcome.nsfw_score, "image_hash": outcome.image_hash}
+    upload = outcome.upload
+    if upload is None:
+        data["b64_json"] = outcome.b64_json
+        return JSONResponse({"data": data})
+    data = {"s3_url": upload.url, **data, "s3_upload_status": upload.status}
+    if upload.ok:
+        return JSONResponse({"data": data})
+    error = {
+        "code": "upload_failed",
+        "message": upload.reason or "the upload failed",
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    return JSONResponse({"data": data, "error": error}, status_code=502)
