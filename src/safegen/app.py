@@ -14,8 +14,11 @@ from fastapi import FastAPI
 
 from safegen import __version__
 from safegen.api import classify, generate, health
+from safegen.api.auth import announce_generated_key, resolve_auth
+from safegen.api.body_limit import BodySizeLimitMiddleware
 from safegen.api.errors import install_error_handlers
 from safegen.api.observability import ObservabilityMiddleware
+from safegen.api.ratelimit import RateLimiter
 from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy
 from safegen.generation.base import Generator
 from safegen.generation.upscale import build_upscaler
@@ -80,6 +83,17 @@ def upload_config(settings: Settings) -> UploadConfig:
     )
 
 
+def build_rate_limiter(settings: Settings, metrics: Metrics) -> RateLimiter | None:
+    if not settings.rate_limit:
+        return None
+    return RateLimiter(
+        settings.rate_limit, settings.rate_limit_routes, settings.rate_limit_storage,
+        fail_open=settings.rate_limit_fail_open,
+        on_storage_error=lambda policy: metrics.ratelimit_storage_errors.labels(policy).inc(),
+        storage_timeout_s=settings.rate_limit_storage_timeout_s,
+    )
+
+
 def build_generator(settings: Settings) -> Generator | None:
     if settings.generator_model.strip().lower() in ("", "none"):
         return None
@@ -105,6 +119,10 @@ def create_app(
     """
     settings = settings or Settings()
     metrics = Metrics()
+    auth, generated_key = resolve_auth(settings.api_keys, settings.api_keys_file, settings.no_auth)
+    if generated_key is not None:
+        announce_generated_key(generated_key)
+    rate_limiter = build_rate_limiter(settings, metrics)
     engine: Classifier = classifier or ClassifierEngine(engine_config(settings), metrics)
     image_generator = generator or build_generator(settings)
     components: dict[str, object] = {"classifier": engine}
@@ -121,6 +139,8 @@ def create_app(
                 app.state.generate_service = await _start_generation(
                     stack, settings, engine, image_generator, metrics, owned=generator is None
                 )
+            if rate_limiter is not None:
+                stack.push_async_callback(rate_limiter.close)
             metrics.ready.set(1)
             try:
                 yield
@@ -138,11 +158,18 @@ def create_app(
     app.state.metrics = metrics
     app.state.classifier = engine
     app.state.generate_service = None
+    app.state.auth = auth
+    app.state.rate_limiter = rate_limiter
     app.state.stopping = False
     app.state.readiness = lambda: {
         name: bool(getattr(part, "ready", True)) for name, part in components.items()
     }
     install_error_handlers(app)
+    # Added last = outermost: observability sees (and counts) the body limit's 413s too.
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes,
+        on_reject=lambda: metrics.rejections.labels(reason="too_large").inc(),
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     app.include_router(health.router)
     app.include_router(classify.router)

@@ -37,5 +37,8 @@ def configure_logging(level: str = "info") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # Our own access log replaces uvicorn's, which would print query strings (signatures).
+    # Our own access log replaces uvicorn's, and httpx's request log is silenced: both would
+    # print query strings, and a presigned URL's query string holds its signature.
     logging.getLogger("uvicorn.access").disabled = True
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -82,6 +82,27 @@ class Settings(BaseSettings):
         default_factory=list, description="'Name: value' headers the signer signed, sent always"
     )
 
+    # --- security at the edge -----------------------------------------------------------------
+    api_keys: CommaList = Field(
+        default_factory=list, repr=False, description="keys or sha256:<hex> digests of keys"
+    )
+    api_keys_file: Path | None = Field(None, description="one key or digest per line")
+    no_auth: bool = Field(False, description="serve without authentication (local use only)")
+    metrics_public: bool = Field(False, description="serve /metrics without an API key")
+    rate_limit: str = Field("600/minute", description="per API key (or client address); '' off")
+    rate_limit_routes: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {"/generate": "60/minute"},
+        description="per-route limits: '/generate=60/minute,/v1/classify=600/minute'",
+    )
+    rate_limit_storage: str = Field(
+        "memory://", description="memory:// (one process) or redis://host:port/db (shared)"
+    )
+    rate_limit_fail_open: bool = Field(True, description="allow requests when Redis is down")
+    rate_limit_storage_timeout_s: float = Field(0.5, gt=0, le=10)
+    trusted_proxies: CommaList = Field(
+        default_factory=list, description="addresses/CIDRs whose X-Forwarded-For is believed"
+    )
+
     # --- input limits ---------------------------------------------------------------------------
     max_files_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
@@ -91,7 +112,7 @@ class Settings(BaseSettings):
 
     _split_lists = field_validator(
         "allowed_formats", "upload_allowed_schemes", "upload_allowed_hosts", "upload_backoff_s",
-        "upload_default_headers", mode="before",
+        "upload_default_headers", "api_keys", "trusted_proxies", mode="before",
     )(_split_commas)
 
     @field_validator("upload_backoff_s")
@@ -130,10 +151,43 @@ class Settings(BaseSettings):
             raise ValueError("at least one image format must be allowed")
         return upper
 
+    @field_validator("rate_limit_routes", mode="before")
+    @classmethod
+    def _route_limits(cls, value: object) -> object:
+        from safegen.api.ratelimit import parse_route_limits
+
+        return parse_route_limits(value) if isinstance(value, str | dict) else value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _limit(cls, value: str) -> str:
+        if value.strip():
+            from safegen.api.ratelimit import parse_limit
+
+            parse_limit(value)
+        return value.strip()
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("rate_limit_storage must be memory:// or redis[s]://host:port/db")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        from safegen.api.client_address import parse_trusted_proxies
+
+        parse_trusted_proxies(values)
+        return values
+
     @model_validator(mode="after")
     def _consistent_limits(self) -> Settings:
         if self.max_image_bytes > self.max_request_bytes:
             raise ValueError("max_image_bytes cannot exceed max_request_bytes")
+        if self.no_auth and (self.api_keys or self.api_keys_file is not None):
+            raise ValueError("no_auth is set but API keys are configured too; choose one")
         if self.min_image_side > self.max_image_side:
             raise ValueError("min_image_side cannot exceed max_image_side")
         return self

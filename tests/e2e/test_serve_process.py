@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.support import images
+from tests.support.app_client import AUTH
 
 
 def test_real_server_classifies_concurrently_and_stops_cleanly(server_process, tiny_vit_dir):
@@ -20,7 +21,7 @@ def test_real_server_classifies_concurrently_and_stops_cleanly(server_process, t
 
     def classify(data: bytes) -> httpx.Response:
         return httpx.post(f"{server.url}/v1/classify", files=[("files", ("x.jpg", data))],
-                          timeout=30)
+                          headers=AUTH, timeout=30)
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(classify, payloads))
@@ -75,3 +76,32 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_real_server_generates_with_spec_defaults_to_s3(
+    server_process, tiny_vit_dir, tiny_sd_dir, moto_s3
+):
+    """The spec's request, unchanged, against a real process and a real S3 API."""
+    server = server_process({
+        "SAFEGEN_NSFW_MODEL": str(tiny_vit_dir),
+        "SAFEGEN_GENERATOR_MODEL": str(tiny_sd_dir),
+        "SAFEGEN_UPLOAD_ALLOWED_SCHEMES": "http,https",
+        "SAFEGEN_UPLOAD_ALLOW_LOOPBACK": "true",
+    })
+    prefix = moto_s3.presign_put("aiu-character/000/1.png")
+    response = httpx.post(f"{server.url}/generate", timeout=120, headers=AUTH, json={
+        "prompt": "a girl in a garden, anime style", "width": 512, "height": 1024,
+        "num_inference_steps": 15, "response_format": "s3", "upscale": "true",
+        "s3_prefix": prefix, "enable_nsfw_check": "true",
+    })
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    md5 = data["image_hash"]
+    assert data["s3_url"] == prefix.replace("/1.png?", f"/{md5}.jpg?")
+    assert data["s3_upload_status"] == 200
+    assert 0 <= data["nsfw_score"] <= 1
+    stored = moto_s3.get(f"aiu-character/000/{md5}.jpg")
+    assert __import__("hashlib").md5(stored).hexdigest() == md5
+    signature = prefix.split("Signature=", 1)[1].split("&", 1)[0]
+    assert signature not in server.log()  # the presigned signature never reaches the log
+    assert "upload succeeded" in server.log()

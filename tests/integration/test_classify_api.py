@@ -153,9 +153,11 @@ async def test_not_ready_before_lifespan_and_request_ids(tiny_vit_dir):
     from safegen.app import create_app
     from tests.support.app_client import settings_for
 
+    from tests.support.app_client import AUTH
+
     app = create_app(settings_for(tiny_vit_dir))
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=AUTH) as client:
         assert (await client.get("/readyz")).status_code == 503
         response = await client.post("/v1/classify", files=[("files", ("a.png", images.png(1)))])
         assert response.status_code == 503

@@ -20,19 +20,29 @@ from safegen.app import create_app
 from safegen.settings import Settings
 
 
+TEST_KEY = "test-key-not-a-secret-0123456789"
+AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+
+
 def settings_for(model_dir: Path, **overrides: object) -> Settings:
-    """Settings for tests: the tiny model, small limits where useful, loopback only."""
-    values: dict[str, object] = {"nsfw_model": str(model_dir), "max_batch_size": 8}
+    """Settings for tests: the tiny model, one API key (sent by ``running_app``'s client)."""
+    values: dict[str, object] = {
+        "nsfw_model": str(model_dir), "max_batch_size": 8, "api_keys": [TEST_KEY],
+    }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
 
 
 @asynccontextmanager
-async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, behind an httpx client."""
+async def running_app(
+    app: FastAPI, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an httpx client sending the test key."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://safegen") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://safegen", headers=AUTH if headers is None else headers
+        ) as client:
             yield client
 
 
@@ -65,7 +75,10 @@ class ServerProcess:
 def start_server(env: dict[str, str], log_path: Path, timeout_s: float = 60) -> ServerProcess:
     """Start ``python -m safegen serve`` with ``env`` and wait until /readyz answers 200."""
     port = free_port()
-    full_env = {**os.environ, **env, "SAFEGEN_HOST": "127.0.0.1", "SAFEGEN_PORT": str(port)}
+    full_env = {
+        **os.environ, "SAFEGEN_API_KEYS": TEST_KEY, **env,
+        "SAFEGEN_HOST": "127.0.0.1", "SAFEGEN_PORT": str(port),
+    }
     log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "safegen", "serve"], env=full_env, stdout=log, stderr=log

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from safegen.api.auth import require_api_key
+from safegen.api.quota import charge
 from safegen.api.schemas import (
     ClassifyJsonRequest,
     ClassifyResponse,
@@ -22,7 +24,7 @@ from safegen.errors import InvalidInput, SafegenError, TooLarge
 from safegen.moderation.engine import Classifier, Score
 from safegen.settings import Settings
 
-router = APIRouter(tags=["classification"])
+router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)])
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -49,13 +51,14 @@ Upload = tuple[str | None, bytes | SafegenError]
     "/v1/classify",
     response_model=ClassifyResponse,
     responses={
-        400: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
+        400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+        413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
     },
     openapi_extra=_OPENAPI_BODY,
     summary="Score images for NSFW content",
 )
-async def classify(request: Request) -> ClassifyResponse:
+async def classify(request: Request, response: Response) -> ClassifyResponse:
     """Multipart with one or more ``files`` fields, or JSON ``{"images": ["<base64>", ...]}``.
 
     A bad image yields an error entry at its index; the other images are still scored.
@@ -80,7 +83,8 @@ async def classify(request: Request) -> ClassifyResponse:
             f"{settings.max_files_per_request} (SAFEGEN_MAX_FILES_PER_REQUEST)",
             field="files",
         )
-    request.state.cost = len(uploads)
+    # Batches are charged by image, so a 100-image request is not one unit of the budget.
+    response.headers.update(await charge(request, "/v1/classify", cost=len(uploads)))
     good = [(i, data) for i, (_, data) in enumerate(uploads) if isinstance(data, bytes)]
     scored = await classifier.classify_bytes([data for _, data in good])
     outcomes: list[Score | SafegenError] = [data for _, data in uploads]  # type: ignore[misc]

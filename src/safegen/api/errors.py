@@ -40,10 +40,15 @@ def request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
+_REJECTIONS = {401, 413, 429, 503}  # refused before work: counted by reason
+
+
 def error_response(
     request: Request, status: int, code: str, message: str, *, field: str | None = None,
     headers: dict[str, str] | None = None, extra: dict[str, object] | None = None,
 ) -> JSONResponse:
+    if status in _REJECTIONS:
+        request.app.state.metrics.rejections.labels(reason=code).inc()
     body: dict[str, object] = {"code": code, "message": message, "request_id": request_id(request)}
     if field is not None:
         body["field"] = field

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from safegen.api.auth import require_api_key
+from safegen.api.quota import charge
 from safegen.api.schemas import ErrorBody, ErrorResponse
 from safegen.errors import InvalidInput, NotReady
 from safegen.generation.base import GenerationRequest
 from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
 from safegen.settings import Settings
 
-router = APIRouter(tags=["generation"])
+router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
 
 # Headers a signer may have signed; anything else could smuggle requests to the storage.
 SIGNABLE_HEADERS = {
@@ -88,7 +90,9 @@ class GenerateFailure(BaseModel):
     "/generate",
     response_model=GenerateResponse,
     responses={
-        422: {"model": ErrorResponse}, 500: {"model": ErrorResponse},
+        401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+        500: {"model": ErrorResponse},
         502: {"model": GenerateFailure, "description": "generated, but the upload failed"},
         503: {"model": ErrorResponse},
     },
@@ -99,10 +103,13 @@ async def generate(body: GenerateBody, request: Request) -> Any:
     if service is None:
         raise NotReady("image generation is disabled (SAFEGEN_GENERATOR_MODEL=none)")
     job = build_job(body, request.app.state.settings)
+    quota_headers = await charge(request, "/generate")
     if job.delivery is not None:
         await service.check_delivery(job.delivery)
     outcome = await service.submit(job)
-    return render(outcome, request)
+    response = render(outcome, request)
+    response.headers.update(quota_headers)
+    return response
 
 
 def build_job(body: GenerateBody, settings: Settings) -> GenerateJob:

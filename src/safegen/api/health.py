@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from safegen.api.auth import require_api_key
 from safegen.api.schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -28,7 +29,15 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def _metrics_access(request: Request) -> None:
+    if not request.app.state.settings.metrics_public:
+        await require_api_key(request)
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics (API key unless SAFEGEN_METRICS_PUBLIC)",
+    response_class=Response, dependencies=[Depends(_metrics_access)],
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)

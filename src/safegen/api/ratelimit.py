@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+from fastapi import HTTPException
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import STRATEGIES
@@ -33,6 +34,12 @@ logger = logging.getLogger(__name__)
 Reason = Literal["ok", "limited", "cost_exceeds_limit", "storage_unavailable"]
 STORAGE_RETRY_AFTER_S = 5
 _STATUS = {"ok": 200, "limited": 429, "cost_exceeds_limit": 429, "storage_unavailable": 503}
+_CODE = {
+    "ok": "ok",
+    "limited": "rate_limited",
+    "cost_exceeds_limit": "rate_limit_cost_too_high",
+    "storage_unavailable": "rate_limit_unavailable",
+}
 _REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
@@ -52,6 +59,17 @@ class RateLimitDecision:
     def status_code(self) -> int:
         """200 when allowed, else 429 (over the limit) or 503 (storage down, failing closed)."""
         return 200 if self.allowed else _STATUS[self.reason]
+
+    @property
+    def code(self) -> str:
+        """Stable error code for a refusal (``rate_limited``, ``rate_limit_unavailable``, ..)."""
+        return _CODE[self.reason]
+
+    def http_exception(self) -> HTTPException:
+        """The refusal as FastAPI's ``HTTPException`` (status, ``{code, message}``, headers)."""
+        return HTTPException(
+            self.status_code, {"code": self.code, "message": self.message}, headers(self)
+        )
 
 
 def parse_limit(text: str) -> RateLimitItem:

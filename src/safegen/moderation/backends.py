@@ -1,23 +1,43 @@
-"""Inference backends: uint8 image batches in, class probabilities out.
+"""Inference backends: uint8 image batches in, class probabilities out, and the choice between them.
 
-Normalisation happens inside the backend on the device, so the host ships uint8 pixels (4x less
-data than float32) and the decode threads do no float work.
+Normalisation happens inside the backend (on the device, or inside the ONNX graph), so the host
+ships uint8 pixels (4x less data than float32) and the decode threads do no float work.
+
+``build_backend`` picks a backend and a precision. ``auto`` takes the fastest path whose parity
+bound holds, measured on a 2-core AVX-512 BF16 CPU with ViT-B/16 (docs/performance.md): torch bf16
+autocast where the CPU computes bf16 natively, else onnxruntime fp32 when installed, else torch
+fp32; fp16 on CUDA. int8 is never chosen automatically: its drift is a model-quality decision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from safegen.moderation.loading import LoadedClassifier
+from safegen.errors import ModelUnavailable
+from safegen.moderation.loading import LoadedClassifier, Preprocessing
 
 logger = logging.getLogger("safegen.moderation")
 
-# Parity bounds (max |delta p| against fp32 on the same inputs), stated here and tested.
-PARITY_BOUNDS = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 5e-3}
+# Max |delta p| against torch fp32 on the same decoded pixels, per "<backend>-<precision>" path.
+# Stated here, tested in tests/unit/test_backends.py (and against transformers in test_parity.py).
+PARITY_BOUNDS = {
+    "torch-fp32": 1e-4,
+    "torch-bf16": 1e-2,
+    "torch-fp16": 5e-3,
+    "onnx-fp32": 1e-4,
+    "onnx-fp16": 5e-3,  # CUDA only; untested here (no GPU on the development machines)
+    "onnx-int8": 5e-2,  # opt-in: dynamic quantisation of the weights
+}
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+# Batch sizes a CUDA batch is padded up to, so the shapes repeat (cuDNN/compile/CUDA-graph caches).
+CUDA_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class Backend(Protocol):
@@ -39,25 +59,87 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def normalisation(prep: Preprocessing) -> tuple[list[float], list[float]]:
+    """Per-channel ``(scale, shift)`` with ``x * scale + shift == (x * rescale - mean) / std``."""
+    scale = [prep.rescale_factor / s for s in prep.std]
+    shift = [-m / s for m, s in zip(prep.mean, prep.std, strict=True)]
+    return scale, shift
+
+
+def onnxruntime_available() -> bool:
+    """The ``onnx`` extra: onnxruntime to run, onnx to export and quantise."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
 def resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        from safegen.errors import ModelUnavailable
-
         raise ModelUnavailable("SAFEGEN_DEVICE=cuda but no CUDA device is visible")
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto``: fp16 on CUDA; bf16 on CPUs with native bf16; fp32 otherwise."""
-    if precision != "auto":
-        return precision
-    if device == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+def select_backend(backend: str, device: str, precision: str) -> tuple[str, str]:
+    """Resolve ``auto`` in ``backend`` and ``precision`` to a concrete ``(backend, precision)``."""
+    if backend not in ("auto", "torch", "onnx"):
+        raise ModelUnavailable(f"unknown SAFEGEN_BACKEND={backend}; use auto, torch or onnx")
+    if precision == "auto":
+        if device == "cuda":
+            precision = "fp16"
+        elif backend != "onnx" and cpu_has_native_bf16():
+            precision = "bf16"  # fastest path here within its bound (docs/performance.md)
+        else:
+            precision = "fp32"
+    if backend == "auto":
+        # torch eager on CUDA (pinned copies, buckets, compile); on CPU onnxruntime beats torch at
+        # fp32 (about 2x here) and is the only int8 path; bf16 is torch-only.
+        wants_onnx = precision == "int8" or (precision == "fp32" and device == "cpu")
+        backend = "onnx" if wants_onnx and onnxruntime_available() else "torch"
+    supported = ONNX_PRECISIONS if backend == "onnx" else TORCH_PRECISIONS
+    if precision not in supported:
+        raise ModelUnavailable(
+            f"SAFEGEN_PRECISION={precision} is not supported by the {backend} backend; "
+            f"use one of: {', '.join(supported)}"
+        )
+    return backend, precision
+
+
+def build_backend(
+    loaded: LoadedClassifier,
+    backend: str,
+    device: str,
+    precision: str,
+    cache_dir: Path | None = None,
+) -> Backend:
+    """Build the backend named by the settings (``auto`` resolved by ``select_backend``)."""
+    device = resolve_device(device)
+    name, precision = select_backend(backend, device, precision)
+    if name == "onnx":
+        if not onnxruntime_available():
+            raise ModelUnavailable(
+                "SAFEGEN_BACKEND=onnx needs onnxruntime: pip install safegen[onnx]"
+            )
+        import torch
+
+        from safegen.moderation.onnx_backend import OnnxBackend
+
+        # Same thread count as torch (SAFEGEN_TORCH_THREADS, applied before this call).
+        return OnnxBackend(loaded, device, precision, cache_dir, threads=torch.get_num_threads())
+    return TorchBackend(loaded, device, precision)
+
+
+def _cuda_compile_worthwhile(device: str) -> bool:
+    """torch.compile (CUDA graphs) pays off for a long-running server on a recent GPU with triton.
+
+    Untested here: the development machines have no GPU.
+    """
+    import torch
+
+    if device != "cuda" or importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.get_device_capability()[0] >= 7
 
 
 class TorchBackend:
@@ -71,36 +153,45 @@ class TorchBackend:
         self._torch = torch
         self.device = torch.device(device)
         self.precision = precision
+        self._cuda = self.device.type == "cuda"
         model = loaded.model.to(self.device)  # type: ignore[attr-defined]
-        if self.device.type == "cuda" and precision == "fp16":
+        if self._cuda and precision == "fp16":
             model = model.half()
         self._model = model
         prep = loaded.preprocessing
-        # (x * rescale - mean) / std  ==  x * scale + shift, per channel
-        scale = [prep.rescale_factor / s for s in prep.std]
-        shift = [-m / s for m, s in zip(prep.mean, prep.std, strict=True)]
+        scale, shift = normalisation(prep)
         self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1)
         self._shift = torch.tensor(shift, device=self.device).view(1, 3, 1, 1)
-        self._pin = self.device.type == "cuda"
+        if _cuda_compile_worthwhile(device):  # GPU only, untested here
+            self._model = torch.compile(model, mode="reduce-overhead", dynamic=False)
+            width, height = prep.size
+            for size in CUDA_BUCKETS[:6]:  # compile the common buckets now, not on a request
+                self.predict(np.zeros((size, height, width, 3), np.uint8))
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         torch = self._torch
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.precision == "fp16" and self.device.type != "cuda":
+        if self.precision == "fp16" and not self._cuda:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        count = len(batch)
+        if self._cuda:  # pad to a bucket so shapes repeat; padding rows are sliced off below
+            bucket = next((b for b in CUDA_BUCKETS if b >= count), count)
+            if bucket > count:
+                pad = np.zeros((bucket - count, *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, pad])
         pixels = torch.from_numpy(np.ascontiguousarray(batch))
-        if self._pin:
-            pixels = pixels.pin_memory()
+        if self._cuda:
+            pixels = pixels.pin_memory()  # lets the copy below overlap with host work
         with torch.inference_mode(), self._autocast():
             x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             x = x * self._scale + self._shift
-            if self.device.type == "cuda" and self.precision == "fp16":
+            if self._cuda and self.precision == "fp16":
                 x = x.half()
             logits = self._model(pixel_values=x).logits
             probs = torch.softmax(logits.float(), dim=-1)
-        return probs.cpu().numpy()
+        return probs[:count].cpu().numpy()

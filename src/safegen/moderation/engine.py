@@ -21,12 +21,7 @@ from PIL import Image
 from safegen.errors import NotReady, Overloaded, SafegenError
 from safegen.imaging import ImageLimits, decode_for_model, resize_rgb
 from safegen.metrics import Metrics
-from safegen.moderation.backends import (
-    Backend,
-    TorchBackend,
-    resolve_device,
-    resolve_precision,
-)
+from safegen.moderation.backends import Backend, build_backend
 from safegen.moderation.batcher import Batcher
 from safegen.moderation.loading import LoadedClassifier, load_classifier
 
@@ -143,8 +138,7 @@ class ClassifierEngine:
             torch.set_num_threads(cfg.torch_threads)
         self._loaded = load_classifier(cfg.model, cfg.cache_dir)
         self.labels = self._loaded.labels
-        device = resolve_device(cfg.device)
-        return TorchBackend(self._loaded, device, resolve_precision(cfg.precision, device))
+        return build_backend(self._loaded, cfg.backend, cfg.device, cfg.precision, cfg.cache_dir)
 
     def _warm_up(self) -> None:
         """Run the sizes we will serve once, so the first real request pays no one-off costs."""

@@ -1,0 +1,306 @@
+"""Rate limiting against real storage: in-memory, a real Redis shared by limiters and by two
+uvicorn processes, and Redis killed mid-run under both failure policies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Response
+
+from safegen.api.errors import install_error_handlers
+from safegen.api.ratelimit import (
+    RateLimitDecision,
+    RateLimiter,
+    headers,
+    parse_limit,
+    parse_route_limits,
+)
+from tests.support.redis_server import RedisServer
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+APP_SOURCE = textwrap.dedent(
+    """
+    import os
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from safegen.api.ratelimit import RateLimiter, headers
+
+
+    def create():
+        app = FastAPI()
+        limiter = RateLimiter(os.environ["LIMIT"], storage_uri=os.environ["STORAGE"])
+
+        @app.get("/hit")
+        async def hit(cost: int = 1):
+            decision = await limiter.hit("/hit", "shared-client", cost)
+            return JSONResponse(
+                {"allowed": decision.allowed, "pid": os.getpid()},
+                status_code=decision.status_code, headers=headers(decision),
+            )
+
+        return app
+    """
+)
+
+
+@contextlib.contextmanager
+def uvicorn_process(app_dir: Path, target: str, env: dict[str, str]) -> Iterator[str]:
+    """Run ``uvicorn --factory target`` on a random port; yield its base URL."""
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(app_dir), target,
+        "--host", "127.0.0.1", "--port", "0", "--no-access-log",
+    ]
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(SRC), str(app_dir)])}
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=full_env, text=True,
+    )
+    ports: queue.Queue[int | None] = queue.Queue()
+    lines: list[str] = []
+
+    def pump() -> None:  # keeps draining stderr so the server never blocks on a full pipe
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if match := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                ports.put(int(match.group(1)))
+        ports.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        port = ports.get(timeout=30)
+        if port is None:
+            raise RuntimeError("uvicorn exited at start:\n" + "".join(lines[-30:]))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+async def memory_limiter() -> AsyncIterator[RateLimiter]:
+    limiter = RateLimiter("3/second", {"/generate": "10/minute"})
+    yield limiter
+    await limiter.close()
+
+
+async def test_memory_is_the_default_and_limit_resets(memory_limiter: RateLimiter) -> None:
+    decisions = [await memory_limiter.hit("/v1/classify", "key-a") for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
+    refused = decisions[3]
+    assert refused.status_code == 429
+    assert refused.reason == "limited"
+    assert refused.retry_after_s == 1
+    assert "3 per 1 second" in refused.message
+    # Another identity has its own budget.
+    assert (await memory_limiter.hit("/v1/classify", "key-b")).allowed
+    await asyncio.sleep(max(0.0, refused.reset_epoch - time.time()) + 0.05)
+    assert (await memory_limiter.hit("/v1/classify", "key-a")).allowed
+
+
+async def test_cost_is_the_number_of_images(memory_limiter: RateLimiter) -> None:
+    first = await memory_limiter.hit("/generate", "key-a", cost=7)
+    assert first.allowed
+    assert (first.limit, first.remaining) == (10, 3)
+    refused = await memory_limiter.hit("/generate", "key-a", cost=4)
+    assert not refused.allowed
+    assert "costs 4" in refused.message
+    # A refused request takes nothing: the 3 units left are still there.
+    assert (await memory_limiter.hit("/generate", "key-a", cost=3)).allowed
+    assert not (await memory_limiter.hit("/generate", "key-a", cost=1)).allowed
+
+
+async def test_cost_above_the_whole_limit_is_refused_clearly(
+    memory_limiter: RateLimiter,
+) -> None:
+    decision = await memory_limiter.hit("/generate", "key-c", cost=100)
+    assert not decision.allowed
+    assert decision.reason == "cost_exceeds_limit"
+    assert decision.status_code == 429
+    assert "costs 100" in decision.message
+    assert "10 per 1 minute" in decision.message
+    # Retrying cannot help, so no Retry-After; and nothing was taken.
+    assert headers(decision) == {"X-RateLimit-Limit": "10"}
+    assert (await memory_limiter.hit("/generate", "key-c", cost=10)).allowed
+    with pytest.raises(ValueError, match="at least 1"):
+        await memory_limiter.hit("/generate", "key-c", cost=0)
+
+
+async def test_headers(memory_limiter: RateLimiter) -> None:
+    allowed = await memory_limiter.hit("/generate", "key-h", cost=2)
+    got = headers(allowed)
+    assert got["X-RateLimit-Limit"] == "10"
+    assert got["X-RateLimit-Remaining"] == "8"
+    assert 0 < int(got["X-RateLimit-Reset"]) - time.time() <= 61
+    assert "Retry-After" not in got
+    await memory_limiter.hit("/generate", "key-h", cost=8)
+    refused = headers(await memory_limiter.hit("/generate", "key-h"))
+    assert refused["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+
+
+async def test_decisions_through_a_fastapi_app(memory_limiter: RateLimiter) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/generate")
+    async def generate(response: Response, images: int = 1) -> dict[str, bool]:
+        decision = await memory_limiter.hit("/generate", "key-app", cost=images)
+        if not decision.allowed:
+            raise decision.http_exception()
+        response.headers.update(headers(decision))
+        return {"ok": True}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ok = await client.post("/generate", params={"images": 9})
+        limited = await client.post("/generate", params={"images": 2})
+        too_many = await client.post("/generate", params={"images": 11})
+    assert ok.status_code == 200
+    assert ok.headers["x-ratelimit-remaining"] == "1"
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert limited.headers["x-ratelimit-limit"] == "10"
+    assert int(limited.headers["retry-after"]) >= 1
+    assert too_many.status_code == 429
+    assert too_many.json()["error"]["code"] == "rate_limit_cost_too_high"
+    assert "retry-after" not in too_many.headers
+
+
+def test_limit_parsing() -> None:
+    assert parse_limit("10 per second").amount == 10
+    for bad in ("abc", "0/second", "1/second;5/minute"):
+        with pytest.raises(ValueError, match="rate limit"):
+            parse_limit(bad)
+    assert parse_route_limits("/v1/classify=600/minute, /generate=30/minute") == {
+        "/v1/classify": "600/minute",
+        "/generate": "30/minute",
+    }
+    with pytest.raises(ValueError, match="route=limit"):
+        parse_route_limits("/generate")
+    with pytest.raises(ValueError, match="rate limit"):
+        parse_route_limits({"/generate": "lots"})
+    with pytest.raises(ValueError, match="memory:// or redis://"):
+        RateLimiter("1/second", storage_uri="memcached://127.0.0.1:11211")
+
+
+async def test_two_limiters_share_one_redis_budget(redis_server: RedisServer) -> None:
+    one = RateLimiter("5/minute", storage_uri=redis_server.url)
+    two = RateLimiter("5/minute", storage_uri=redis_server.url)
+    try:
+        results = []
+        for i in range(8):
+            limiter = one if i % 2 == 0 else two
+            results.append((await limiter.hit("/v1/classify", "key-shared")).allowed)
+        assert results == [True] * 5 + [False] * 3
+        assert (await two.hit("/v1/classify", "key-other", cost=5)).allowed
+        assert await one.check()
+    finally:
+        await one.close()
+        await two.close()
+
+
+def test_two_processes_share_one_redis_budget(redis_server: RedisServer, tmp_path: Path) -> None:
+    (tmp_path / "ratelimit_app.py").write_text(APP_SOURCE)
+    env = {"LIMIT": "6/minute", "STORAGE": redis_server.url}
+    with (
+        uvicorn_process(tmp_path, "ratelimit_app:create", env) as url_a,
+        uvicorn_process(tmp_path, "ratelimit_app:create", env) as url_b,
+    ):
+        pids, statuses = set(), []
+        for i in range(5):
+            response = httpx.get(f"{(url_a, url_b)[i % 2]}/hit", params={"cost": 2}, timeout=10)
+            statuses.append(response.status_code)
+            pids.add(response.json()["pid"])
+        assert len(pids) == 2
+        assert statuses == [200, 200, 200, 429, 429]
+        assert response.headers["x-ratelimit-remaining"] == "0"
+        assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_redis_killed_mid_run(
+    redis_server: RedisServer, fail_open: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    policies: list[str] = []
+    limiter = RateLimiter(
+        "100/minute", storage_uri=redis_server.url, fail_open=fail_open,
+        on_storage_error=policies.append, storage_timeout_s=0.3,
+    )
+    try:
+        assert (await limiter.hit("/generate", "key-a", cost=10)).remaining == 90
+        redis_server.stop()
+        outcomes: list[RateLimitDecision] = []
+        with caplog.at_level(logging.WARNING, logger="safegen.api.ratelimit"):
+            for _ in range(3):
+                started = time.monotonic()
+                outcomes.append(await limiter.hit("/generate", "key-a", cost=10))
+                assert time.monotonic() - started < 1.5  # never hangs
+        policy = "fail_open" if fail_open else "fail_closed"
+        assert policies == [policy] * 3
+        assert all(d.reason == "storage_unavailable" for d in outcomes)
+        assert all(d.allowed is fail_open for d in outcomes)
+        if fail_open:
+            assert headers(outcomes[0]) == {}
+        else:
+            assert outcomes[0].status_code == 503
+            assert outcomes[0].code == "rate_limit_unavailable"
+            assert headers(outcomes[0]) == {"Retry-After": "5"}
+            assert "Error" not in outcomes[0].message
+        # One warning for the burst (the rest are throttled), naming the policy, not the URI.
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1
+        assert policy in warnings[0]
+        assert str(redis_server.port) not in warnings[0]
+        assert not await limiter.check()
+        # Redis back (empty: no persistence): the limiter recovers on its own.
+        redis_server.start()
+        recovered = await limiter.hit("/generate", "key-a", cost=10)
+        assert recovered.allowed
+        assert recovered.reason == "ok"
+        assert recovered.remaining == 90
+    finally:
+        await limiter.close()
+
+
+async def test_unresponsive_redis_is_bounded_by_the_timeout() -> None:
+    # A socket that accepts connections but never answers: the worst case, a hung Redis.
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        port = black_hole.getsockname()[1]
+        limiter = RateLimiter(
+            "5/minute", storage_uri=f"redis://127.0.0.1:{port}/0", fail_open=False,
+            storage_timeout_s=0.2,
+        )
+        try:
+            started = time.monotonic()
+            decision = await limiter.hit("/v1/classify", "key-a")
+            elapsed = time.monotonic() - started
+        finally:
+            await limiter.close()
+    assert decision.status_code == 503
+    assert elapsed < 1.0

@@ -1,0 +1,334 @@
+"""The uploader against a scripted real HTTP server: retries, timeouts, drops, redirects, expiry."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import logging
+import time
+from email.parser import BytesParser
+from email.policy import HTTP
+
+import httpx
+import pytest
+
+from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy, content_md5_header
+from safegen.delivery.targets import IPAddress
+from safegen.errors import TooLarge, UploadTargetRejected
+from tests.support.faultserver import FaultServer, Step
+from tests.support.tlscerts import TestCA
+
+BODY = b"\xff\xd8\xff\xe0 not really a jpeg \x00\x01" * 100
+MD5 = hashlib.md5(BODY).hexdigest()
+LOOPBACK = UploadTargetPolicy(allowed_schemes=("http", "https"), allow_loopback=True)
+QUERY = "?AWSAccessKeyId=AKIDSECRETID&Signature=SeCrEt%2Bsig%3D&Expires={expires}"
+
+
+class FakeTime:
+    """A wall clock that moves only when the uploader sleeps; records the delays asked for."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.sleeps: list[float] = []
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+
+    def clock(self) -> float:
+        return self.now
+
+
+def url_for(server: FaultServer, expires_in: float = 3600, now: float | None = None) -> str:
+    expires = int((now or time.time()) + expires_in)
+    return f"{server.url}/bucket/000/1.png" + QUERY.format(expires=expires)
+
+
+def uploader(fake: FakeTime | None = None, **config: object) -> Uploader:
+    settings = {"policy": LOOPBACK, **config}
+    if fake is None:
+        return Uploader(UploadConfig(**settings))  # type: ignore[arg-type]
+    return Uploader(UploadConfig(**settings), sleep=fake.sleep, clock=fake.clock)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # waits the real 1 s + 2 s backoff
+async def test_500_500_200_succeeds_after_real_backoff(fault_server: FaultServer) -> None:
+    fault_server.script(Step(500), Step(500), Step(200))
+    async with uploader() as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert result.ok, result.reason
+    assert [a.status for a in result.attempts] == [500, 500, 200]
+    assert result.status == 200
+    assert result.etag == MD5
+    assert 2.99 <= result.elapsed_s < 5.0
+    times = [r.at for r in fault_server.requests]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # Each gap is the backoff plus one request's latency (generous bounds for a busy machine).
+    assert 0.99 <= gaps[0] < 1.8
+    assert 1.99 <= gaps[1] < 2.8
+    assert all(r.body == BODY for r in fault_server.requests)
+
+
+async def test_put_sends_exact_url_no_content_type_and_original_host(
+    fault_server: FaultServer,
+) -> None:
+    url = f"http://localhost:{fault_server.port}/b/x%2Fy/1.png?a=%2F&a=%2f&b=c+d&e=&Signature=s%3D"
+    async with uploader() as up:
+        result = await up.put(url, BODY)
+    assert result.ok, result.reason
+    assert result.url == url
+    (request,) = fault_server.requests
+    assert request.method == "PUT"
+    assert request.target == "/b/x%2Fy/1.png?a=%2F&a=%2f&b=c+d&e=&Signature=s%3D"
+    assert request.headers["host"] == f"localhost:{fault_server.port}"
+    assert "content-type" not in request.headers
+    assert "content-md5" not in request.headers
+    assert request.headers["content-length"] == str(len(BODY))
+
+
+async def test_caller_headers_are_sent(fault_server: FaultServer) -> None:
+    headers = {"Content-MD5": content_md5_header(BODY), "x-amz-acl": "public-read"}
+    async with uploader() as up:
+        assert (await up.put(url_for(fault_server), BODY, headers)).ok
+    sent = fault_server.requests[0].headers
+    assert base64.b64decode(sent["content-md5"]) == hashlib.md5(BODY).digest()
+    assert sent["x-amz-acl"] == "public-read"
+
+
+async def test_403_is_tried_once_with_reason(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    error = b"<Error><Code>SignatureDoesNotMatch</Code><StringToSign>PUT...</StringToSign></Error>"
+    fault_server.script(Step(403, body=error))
+    async with uploader(fake) as up:
+        result = await up.put(url_for(fault_server), BODY, renamed=True)
+    assert not result.ok
+    assert result.status == 403
+    assert len(result.attempts) == 1
+    assert len(fault_server.requests) == 1
+    assert fake.sleeps == []
+    assert "signature does not cover the renamed object key" in result.reason
+    assert "StringToSign" not in result.reason
+
+
+async def test_four_failures_give_the_last_status(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(500), Step(502), Step(504), Step(503))
+    async with uploader(fake) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert not result.ok
+    assert [a.status for a in result.attempts] == [500, 502, 504, 503]
+    assert result.status == 503
+    assert fake.sleeps == [1.0, 2.0, 4.0]
+    assert "503" in result.reason
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 501])
+async def test_other_client_errors_are_not_retried(fault_server: FaultServer, status: int) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(status), Step(200))
+    async with uploader(fake) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert (result.ok, result.status, len(result.attempts)) == (False, status, 1)
+
+
+async def test_timeouts_are_retried_and_status_0_when_nothing_answers(
+    fault_server: FaultServer,
+) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(delay_s=2.0))
+    async with uploader(fake, read_timeout_s=0.2) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert not result.ok
+    assert result.status == 0
+    assert [a.error_kind for a in result.attempts] == ["read_timeout"] * 4
+    assert all(a.status == 0 and 0.15 < a.elapsed_s < 1.0 for a in result.attempts)
+    assert "read timeout" in result.reason
+
+
+async def test_timeout_then_success(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(delay_s=2.0), Step(429), Step(200))
+    async with uploader(fake, read_timeout_s=0.2) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert result.ok
+    assert [(a.status, a.error_kind) for a in result.attempts] == [
+        (0, "read_timeout"), (429, "http_status"), (200, None)
+    ]
+
+
+async def test_dropped_connections_are_retried(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(drop=True), Step(drop=True), Step(201))
+    async with uploader(fake) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert (result.ok, result.status) == (True, 201)
+    assert [a.error_kind for a in result.attempts] == ["connection_dropped"] * 2 + [None]
+
+
+async def test_refused_connection_gives_status_0(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    url = url_for(fault_server)
+    fault_server.close()  # nothing listens on the port any more
+    async with uploader(fake) as up:
+        result = await up.put(url, BODY)
+    assert (result.ok, result.status, len(result.attempts)) == (False, 0, 4)
+    assert {a.error_kind for a in result.attempts} == {"connect_error"}
+
+
+async def test_url_expiring_during_backoff_stops_retrying(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(503))
+    async with uploader(fake) as up:
+        result = await up.put(url_for(fault_server, expires_in=2.5, now=fake.now), BODY)
+    # t=0: 503, sleep 1 -> t=1: 503; the next retry would be at t=3, after the URL expired.
+    assert len(result.attempts) == 2
+    assert fake.sleeps == [1.0]
+    assert result.status == 503
+    assert "before the next retry" in result.reason
+
+
+async def test_expired_url_is_not_sent(fault_server: FaultServer) -> None:
+    url = url_for(fault_server, expires_in=-5)
+    async with uploader() as up:
+        result = await up.put(url, BODY)
+        with pytest.raises(UploadTargetRejected, match="expired"):
+            await up.check_target(url)
+    assert (result.ok, result.status, result.attempts) == (False, 0, [])
+    assert "expired" in result.reason
+    assert fault_server.requests == []
+
+
+async def test_redirect_is_not_followed_even_by_a_following_client(
+    fault_server: FaultServer,
+) -> None:
+    fault_server.script(Step(307, headers={"Location": f"{fault_server.url}/elsewhere"}))
+    client = httpx.AsyncClient(follow_redirects=True)
+    async with Uploader(UploadConfig(policy=LOOPBACK), client=client) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert (result.ok, result.status, len(result.attempts)) == (False, 307, 1)
+    assert "redirect" in result.reason
+    assert [r.target.split("?")[0] for r in fault_server.requests] == ["/bucket/000/1.png"]
+    assert not client.is_closed  # the caller's client is the caller's to close
+    await client.aclose()
+
+
+async def test_retry_after_is_honoured_or_ends_retries(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(429, headers={"Retry-After": "3"}), Step(200))
+    async with uploader(fake) as up:
+        assert (await up.put(url_for(fault_server), BODY)).ok
+        assert fake.sleeps == [3.0]  # longer than the 1 s backoff: the server's wish wins
+        fault_server.script(Step(503, headers={"Retry-After": "120"}), Step(200))
+        result = await up.put(url_for(fault_server), BODY)
+    assert (result.ok, len(result.attempts)) == (False, 1)
+    assert "asked to wait 120 s" in result.reason
+
+
+async def test_etag_mismatch_is_a_failure(fault_server: FaultServer) -> None:
+    fault_server.script(Step(200, headers={"ETag": '"' + "0" * 32 + '"'}))
+    async with uploader(FakeTime()) as up:
+        result = await up.put(url_for(fault_server), BODY)
+        assert (result.ok, result.status, len(result.attempts)) == (False, 200, 1)
+        assert "not the MD5" in result.reason
+        # Multipart-style and missing ETags cannot be compared and are accepted.
+        for headers in ({"ETag": '"abc-2"'}, {"ETag": ""}):
+            fault_server.script(Step(200, headers=headers))
+            assert (await up.put(url_for(fault_server), BODY)).ok
+
+
+async def test_policy_rejection_and_size_limit_send_nothing(fault_server: FaultServer) -> None:
+    async with Uploader(UploadConfig(max_body_bytes=10)) as up:  # default policy: https, public
+        with pytest.raises(UploadTargetRejected):
+            await up.put(url_for(fault_server).replace("http://", "https://"), b"x")
+        with pytest.raises(TooLarge, match="10 bytes"):
+            await up.put(url_for(fault_server), BODY)
+    assert fault_server.requests == []
+
+
+async def test_logs_never_show_the_signature(
+    fault_server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    fault_server.script(Step(500), Step(403))
+    caplog.set_level(logging.DEBUG, logger="safegen.delivery")
+    async with uploader(FakeTime()) as up:
+        await up.put(url_for(fault_server), BODY)
+    assert "REDACTED" in caplog.text
+    assert "SeCrEt" not in caplog.text
+    assert "AKIDSECRETID" not in caplog.text
+
+
+async def test_post_form_field_order(fault_server: FaultServer) -> None:
+    policy = base64.b64encode(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": []}')
+    fields = {"key": "ignored/${filename}", "policy": policy.decode(), "x-amz-signature": "s"}
+    async with uploader() as up:
+        result = await up.post_form(f"{fault_server.url}/bucket/", fields, "p/a b.jpg", BODY,
+                                    "a b.jpg")
+    assert result.ok
+    assert result.url == f"{fault_server.url}/bucket/p/a%20b.jpg"
+    request = fault_server.requests[0]
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode() + request.body
+    )
+    parts = [(p.get_param("name", header="content-disposition"), p) for p in message.iter_parts()]
+    assert [name for name, _ in parts] == ["policy", "x-amz-signature", "key", "file"]
+    assert parts[2][1].get_content() == "p/a b.jpg"
+    assert parts[3][1].get_payload(decode=True) == BODY
+
+
+async def test_tls_connects_to_the_checked_address_and_verifies_the_name(
+    tls_fault_server: FaultServer, test_ca: TestCA
+) -> None:
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        calls.append(host)
+        # Rebinding: a second lookup would answer the metadata address; there must be none.
+        return [ipaddress.ip_address("127.0.0.1" if len(calls) == 1 else "169.254.169.254")]
+
+    client = httpx.AsyncClient(verify=test_ca.client_context())
+    fake = FakeTime()
+    up = Uploader(UploadConfig(policy=LOOPBACK), client=client, resolver=resolver,
+                  sleep=fake.sleep, clock=fake.clock)
+    tls_fault_server.script(Step(503), Step(200))
+    result = await up.put(url_for(tls_fault_server), BODY)
+    assert result.ok, result.reason
+    assert calls == ["storage.test"]
+    assert tls_fault_server.requests[0].headers["host"] == f"storage.test:{tls_fault_server.port}"
+    await client.aclose()
+
+
+async def test_tls_name_not_covered_by_the_certificate_fails_once(
+    tls_fault_server: FaultServer, test_ca: TestCA
+) -> None:
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    wrong = url_for(tls_fault_server).replace("storage.test", "other.test")
+    client = httpx.AsyncClient(verify=test_ca.client_context())
+    async with Uploader(UploadConfig(policy=LOOPBACK), client=client, resolver=resolver) as up:
+        result = await up.put(wrong, BODY)
+    assert (result.ok, result.status, len(result.attempts)) == (False, 0, 1)
+    assert result.attempts[0].error_kind == "tls_verification"
+    assert "certificate" in result.reason
+    assert tls_fault_server.requests == []
+    await client.aclose()
+
+
+async def test_dns_failure_is_retried_then_the_address_is_kept(fault_server: FaultServer) -> None:
+    answers: list[list[IPAddress]] = [[], [ipaddress.ip_address("127.0.0.1")]]
+
+    async def flaky_resolver(host: str, port: int) -> list[IPAddress]:
+        return answers.pop(0)  # a third lookup would raise IndexError and fail the test
+
+    fake = FakeTime()
+    fault_server.script(Step(500), Step(200))
+    url = url_for(fault_server).replace("127.0.0.1", "storage.test")
+    async with Uploader(UploadConfig(policy=LOOPBACK), resolver=flaky_resolver,
+                        sleep=fake.sleep, clock=fake.clock) as up:
+        result = await up.put(url, BODY)
+    assert result.ok, result.reason
+    assert [(a.status, a.error_kind) for a in result.attempts] == [
+        (0, "dns"), (500, "http_status"), (200, None)
+    ]
+    assert fake.sleeps == [1.0, 2.0]

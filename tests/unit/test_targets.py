@@ -1,0 +1,239 @@
+"""Upload-target checks: schemes, hosts, ports, userinfo, and every class of address."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from safegen.delivery.targets import (
+    HostUnresolvable,
+    IPAddress,
+    UploadTargetPolicy,
+    address_class,
+    check_url,
+    resolve_target,
+)
+from safegen.errors import UploadTargetRejected
+
+OPEN = UploadTargetPolicy()
+LOCAL = UploadTargetPolicy(allowed_schemes=("http", "https"), allow_loopback=True)
+
+
+class fixed:  # noqa: N801 (reads as a function at the call sites)
+    """A resolver that answers ``addresses`` for any host and counts its calls."""
+
+    def __init__(self, *addresses: str) -> None:
+        self.addresses = [ipaddress.ip_address(a) for a in addresses]
+        self.calls = 0
+
+    async def __call__(self, host: str, port: int) -> list[IPAddress]:
+        self.calls += 1
+        return list(self.addresses)
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("8.8.8.8", None),
+        ("1.1.1.1", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+        ("64:ff9b::808:808", None),
+        ("127.0.0.1", "loopback"),
+        ("127.255.255.254", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("2002:7f00:1::", "loopback"),  # 6to4 wrapping 127.0.0.1
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 wrapping 127.0.0.1
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),  # carrier-grade NAT: not private in Python, not global either
+        ("192.0.2.1", "private"),  # documentation range
+        ("fc00::1", "private"),
+        ("fd12:3456::1", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:a00:1::", "private"),
+        ("169.254.169.254", "link-local"),  # cloud metadata
+        ("::ffff:169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("0.1.2.3", "unspecified"),
+        ("::", "unspecified"),
+    ],
+)
+def test_address_classes(address: str, kind: str | None) -> None:
+    assert address_class(ipaddress.ip_address(address)) == kind
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/b/1.png",
+        "https://127.0.0.1/b/1.png",
+        "https://[::1]/b/1.png",
+        "https://[::ffff:127.0.0.1]/b/1.png",
+        "https://[::ffff:7f00:1]/b/1.png",
+        "https://localhost/b/1.png",
+        "https://localhost./b/1.png",
+        "https://10.0.0.1/b/1.png",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fe80::1]/x",
+        "https://224.0.0.1/x",
+        "https://0.0.0.0/x",
+    ],
+)
+async def test_non_public_addresses_are_refused_by_default(url: str) -> None:
+    with pytest.raises(UploadTargetRejected, match=r"address, which is not allowed|scheme"):
+        await resolve_target(url, OPEN)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["2130706433", "0x7f000001", "0x7f.1", "127.1", "017700000001", "127.000.000.001", "1.2.3"],
+)
+async def test_legacy_ipv4_forms_are_refused(host: str) -> None:
+    policy = UploadTargetPolicy(allow_loopback=True, allow_private=True)
+    with pytest.raises(UploadTargetRejected, match="non-standard form"):
+        await resolve_target(f"https://{host}/b/1.png", policy)
+
+
+async def test_policy_flags_admit_only_their_class() -> None:
+    loopback = UploadTargetPolicy(allow_loopback=True)
+    private = UploadTargetPolicy(allow_private=True)
+    assert (await resolve_target("https://127.0.0.1/k", loopback)).address.is_loopback
+    assert (await resolve_target("https://[::1]:8443/k", loopback)).port == 8443
+    with pytest.raises(UploadTargetRejected, match="private"):
+        await resolve_target("https://10.0.0.1/k", loopback)
+    assert str((await resolve_target("https://10.0.0.1/k", private)).address) == "10.0.0.1"
+    with pytest.raises(UploadTargetRejected, match="loopback"):
+        await resolve_target("https://127.0.0.1/k", private)
+    everything = UploadTargetPolicy(allow_loopback=True, allow_private=True)
+    for url in ("https://169.254.169.254/", "https://224.0.0.1/", "https://0.0.0.0/"):
+        with pytest.raises(UploadTargetRejected, match="not allowed"):
+            await resolve_target(url, everything)
+
+
+async def test_localhost_resolves_through_the_system_resolver() -> None:
+    target = await resolve_target("http://localhost:9/b/1.png?x=1", LOCAL)
+    assert target.address.is_loopback
+    assert target.host == "localhost"
+    assert target.host_header == "localhost:9"
+    assert target.pinned_url() == f"http://{_bracket(target.address)}:9/b/1.png?x=1"
+
+
+def _bracket(address: IPAddress) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+async def test_unresolvable_host() -> None:
+    with pytest.raises(HostUnresolvable, match="could not be resolved"):
+        await resolve_target("https://no-such-host.invalid/k", OPEN)
+    with pytest.raises(HostUnresolvable):
+        await resolve_target("https://example.com/k", OPEN, resolver=fixed())
+
+
+async def test_every_resolved_address_must_be_allowed() -> None:
+    # A DNS answer mixing a public and a private address is refused as a whole.
+    mixed = fixed("8.8.8.8", "10.0.0.1")
+    with pytest.raises(UploadTargetRejected, match="private"):
+        await resolve_target("https://s3.example.com/k", OPEN, resolver=mixed)
+    url = "https://s3.example.com/b/1.png?Signature=a%2Bb"
+    target = await resolve_target(url, OPEN, resolver=fixed("8.8.4.4", "8.8.8.8"))
+    assert str(target.address) == "8.8.4.4"
+    assert target.pinned_url() == "https://8.8.4.4:443/b/1.png?Signature=a%2Bb"
+    assert target.sni_hostname == "s3.example.com"
+    assert target.host_header == "s3.example.com"
+
+
+async def test_pinned_url_for_ipv6_and_ip_literals() -> None:
+    target = await resolve_target(
+        "https://store.example:8443/k?q", OPEN, resolver=fixed("2606:4700:4700::1111")
+    )
+    assert target.pinned_url() == "https://[2606:4700:4700::1111]:8443/k?q"
+    assert target.host_header == "store.example:8443"
+    literal = await resolve_target("https://8.8.8.8/k", OPEN)
+    assert literal.is_ip_literal
+    assert literal.sni_hostname is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://example.com/k", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("gopher://example.com/k", "scheme"),
+        ("http://example.com/k", "scheme"),  # https only by default
+        ("example.com/k", "scheme"),
+        ("https://user@example.com/k", "user name"),
+        ("https://user:pw@example.com/k", "user name"),
+        ("https://example.com@127.0.0.1/k", "user name"),
+        ("https:///k", "no host"),
+        ("https://example.com:0/k", "port"),
+        ("https://example.com:65536/k", "port"),
+        ("https://example.com:https/k", "port"),
+        ("https://example.com/k#frag", "fragment"),
+        ("https://example.com/a b", "unsafe characters"),
+        ("https://example.com/k\r\nX-Injected: 1", "unsafe characters"),
+        ("https://example.com/ü.png", "unsafe characters"),
+        ('https://example.com/k?q="x"', "unsafe characters"),
+        ("https://example.com\\@evil.com/", "unsafe characters"),
+        ("https://[::1/k", "not a valid URL"),
+        ("https://example.com/" + "a" * 9000, "longer than"),
+        ("", "missing"),
+    ],
+)
+def test_malformed_or_disallowed_urls(url: str, message: str) -> None:
+    with pytest.raises(UploadTargetRejected, match=message):
+        check_url(url, OPEN)
+
+
+def test_scheme_is_case_insensitive_and_ports_can_be_restricted() -> None:
+    assert check_url("HTTPS://Example.COM/k", OPEN)[:3] == ("https", "example.com", 443)
+    only_443 = UploadTargetPolicy(allowed_ports=(443,))
+    assert check_url("https://example.com:443/k", only_443)[2] == 443
+    with pytest.raises(UploadTargetRejected, match="port 8443 is not allowed"):
+        check_url("https://example.com:8443/k", only_443)
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("prod-data.example.com", True),
+        ("a.b.example.com", True),
+        ("PROD-DATA.Example.com", True),
+        ("prod-data.example.com.", True),
+        ("example.com", False),  # '*.' needs a subdomain
+        ("badexample.com", False),
+        ("example.com.evil.net", False),
+        ("s3.amazonaws.com", True),
+        ("x.s3.amazonaws.com", False),
+        ("evil.com", False),
+    ],
+)
+def test_host_allowlist(host: str, allowed: bool) -> None:
+    policy = UploadTargetPolicy(allowed_hosts=("*.example.com", "s3.amazonaws.com"))
+    url = f"https://{host}/bucket/1.png"
+    if allowed:
+        assert check_url(url, policy)[1] == host.lower().rstrip(".")
+    else:
+        with pytest.raises(UploadTargetRejected, match="not in the allowed hosts"):
+            check_url(url, policy)
+
+
+async def test_allowlist_is_checked_before_dns_and_does_not_bypass_address_checks() -> None:
+    resolver = fixed("8.8.8.8")
+    policy = UploadTargetPolicy(allowed_hosts=("*.example.com",))
+    with pytest.raises(UploadTargetRejected, match="allowed hosts"):
+        await resolve_target("https://evil.com/k", policy, resolver=resolver)
+    assert resolver.calls == 0
+    # An allowed name that resolves to a private address is still refused.
+    with pytest.raises(UploadTargetRejected, match="private"):
+        await resolve_target("https://s3.example.com/k", policy, resolver=fixed("192.168.0.5"))
+    literal_policy = UploadTargetPolicy(allowed_hosts=("[::1]",), allow_loopback=True)
+    assert (await resolve_target("https://[::1]/k", literal_policy)).is_ip_literal
