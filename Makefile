@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev,onnx
 
-.PHONY: install serve test test-fast lint bench clean
+.PHONY: install serve demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,13 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 serve: install
+	$(VENV)/bin/safegen serve
+
+# Tiny random-weight models built locally: the whole service with no download (scores meaningless).
+demo: install
+	$(PY) scripts/demo-models.py .cache/demo-models
+	SAFEGEN_NSFW_MODEL=.cache/demo-models/classifier \
+	SAFEGEN_GENERATOR_MODEL=.cache/demo-models/generator \
 	$(VENV)/bin/safegen serve
 
 test: install node_modules/.installed
