@@ -44,6 +44,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_queue_images=settings.max_queue_images,
         decode_threads=settings.decode_threads,
         torch_threads=settings.torch_threads,
+        inference_timeout_s=settings.inference_timeout_s,
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,

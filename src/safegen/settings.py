@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     max_queue_images: int = Field(512, ge=1, description="images waiting for the model; then 503")
     decode_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
+    inference_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the model per image; then an error, not a hang"
+    )
 
     # --- image generation (/generate) ---------------------------------------------------------
     generator_model: str = Field(

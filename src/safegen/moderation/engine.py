@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from safegen.errors import NotReady, Overloaded, SafegenError
+from safegen.errors import InferenceFailed, NotReady, Overloaded, SafegenError
 from safegen.imaging import ImageLimits, decode_for_model, resize_rgb
 from safegen.metrics import Metrics
 from safegen.moderation.backends import Backend, build_backend
@@ -50,6 +50,7 @@ class EngineConfig:
     max_queue_images: int = 512
     decode_threads: int = 2
     torch_threads: int = 0
+    inference_timeout_s: float = 30.0
     limits: ImageLimits = ImageLimits()
 
 
@@ -195,17 +196,29 @@ class ClassifierEngine:
                 pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
             finally:
                 self._decoding -= 1
-            probs = await batcher.submit(pixels)
+            probs = await self._infer(batcher, pixels)
         except SafegenError as exc:
             return exc
         return self._score(probs)
+
+    async def _infer(
+        self, batcher: Batcher[np.ndarray, np.ndarray], pixels: np.ndarray
+    ) -> np.ndarray:
+        """Queue one image; a model that stalls yields an error instead of a hung request."""
+        try:
+            return await asyncio.wait_for(batcher.submit(pixels), self.config.inference_timeout_s)
+        except asyncio.TimeoutError:
+            raise InferenceFailed(
+                f"the model did not answer within {self.config.inference_timeout_s:g} s "
+                "(SAFEGEN_INFERENCE_TIMEOUT_S)"
+            ) from None
 
     async def classify_image(self, image: Image.Image) -> Score:
         """Score an in-memory image (used right after generation: no encode/decode round trip)."""
         batcher = self._require_batcher()
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self._decode_pool, resize_rgb, image, self.size)
-        probs = await batcher.submit(pixels)
+        probs = await self._infer(batcher, pixels)
         self.metrics.images.labels(outcome="scored").inc()
         return self._score(probs)
 
