@@ -68,6 +68,9 @@ async def test_spec_flow_stores_md5_named_jpeg(make_generate_client, moto_s3):
     assert response.status_code == 200, response.text
     data = response.json()["data"]
     assert set(data) == {"s3_url", "nsfw_score", "image_hash", "s3_upload_status"}
+    timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert set(timing) == {"generate", "encode", "nsfw", "upload", "total"}
+    assert float(timing["total"]) >= float(timing["generate"]) > 0
     assert data["s3_upload_status"] == 200
     assert data["s3_url"] == rename_object(prefix, f"{data['image_hash']}.jpg")
     assert data["s3_url"].split("?", 1)[1] == prefix.split("?", 1)[1]  # query byte for byte

@@ -109,6 +109,10 @@ async def generate(body: GenerateBody, request: Request) -> Any:
     outcome = await service.submit(job)
     response = render(outcome, request)
     response.headers.update(quota_headers)
+    # Standard Server-Timing: where the time went (generation vs scoring, encoding and upload).
+    response.headers["Server-Timing"] = ", ".join(
+        f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in outcome.timings_s.items()
+    )
     return response
 
 

@@ -56,6 +56,7 @@ class GenerateOutcome:
     nsfw_score: float | None
     jpeg: bytes
     upload: UploadResult | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
     @property
     def b64_json(self) -> str:
@@ -115,9 +116,12 @@ class GenerateService:
             await asyncio.wait(set(self._jobs), timeout=grace_s)
 
     async def run(self, job: GenerateJob) -> GenerateOutcome:
+        started = time.monotonic()
         image = await self._generate(job)
+        generated = time.monotonic()
         jpeg = await asyncio.to_thread(encode_jpeg, image, self.config.jpeg_quality)
         image_hash = md5_hex(jpeg)
+        encoded = time.monotonic()
         score = asyncio.create_task(self._score(image)) if job.nsfw_check else None
         upload = (
             asyncio.create_task(self._deliver(job.delivery, jpeg, image_hash))
@@ -127,8 +131,14 @@ class GenerateService:
         outcome = GenerateOutcome(image_hash=image_hash, nsfw_score=None, jpeg=jpeg)
         if score is not None:
             outcome.nsfw_score = await score
+            outcome.timings_s["nsfw"] = time.monotonic() - encoded
         if upload is not None:
             outcome.upload = await upload
+            outcome.timings_s["upload"] = outcome.upload.elapsed_s
+        outcome.timings_s.update(
+            generate=generated - started, encode=encoded - generated,
+            total=time.monotonic() - started,
+        )
         return outcome
 
     async def _generate(self, job: GenerateJob) -> Image.Image:
