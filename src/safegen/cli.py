@@ -23,7 +23,7 @@ logger = logging.getLogger("safegen.cli")
 
 def _settings(**overrides: object) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
             f"SAFEGEN_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"

@@ -90,7 +90,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         code, message = str(detail["code"]), str(detail.get("message", ""))
     else:
         code, message = f"http_{exc.status_code}", str(detail)
-    return error_response(request, exc.status_code, code, message, headers=exc.headers)
+    return error_response(
+        request, exc.status_code, code, message, headers=dict(exc.headers or {})
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

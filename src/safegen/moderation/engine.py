@@ -152,8 +152,8 @@ class ClassifierEngine:
         assert self._loaded is not None
         return self._loaded.preprocessing.size
 
-    def _predict(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.backend.predict(np.stack(images))
+    def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self.backend.predict(np.stack(images)))
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

@@ -26,8 +26,9 @@ class Preprocessing:
         if isinstance(size, int):
             width = height = size
         elif isinstance(size, dict):
-            height = int(size.get("height", size.get("shortest_edge", 224)))
-            width = int(size.get("width", size.get("shortest_edge", 224)))
+            sides = {str(k): int(v) for k, v in size.items()}
+            edge = sides.get("shortest_edge", 224)
+            height, width = sides.get("height", edge), sides.get("width", edge)
         else:
             raise ModelUnavailable("preprocessor_config.json has an unreadable 'size'")
         resample = config.get("resample", 2)
