@@ -1,4 +1,4 @@
-"""/generate end to end in-process: tiny diffusers pipeline, tiny ViT, real S3-compatible servers."""
+"""/generate in-process: tiny diffusers pipeline, tiny ViT, real S3-compatible servers."""
 
 from __future__ import annotations
 
@@ -11,32 +11,9 @@ import time
 import pytest
 from PIL import Image
 
-from safegen.app import create_app
 from safegen.delivery import rename_object
-from tests.support.app_client import running_app, settings_for
+from tests.support.app_client import SMALL
 from tests.support.faultserver import Step
-
-SMALL = {"width": 64, "height": 128, "num_inference_steps": 2}
-
-
-def generate_settings(tiny_vit_dir, tiny_sd_dir, **overrides):
-    values = {
-        "generator_model": str(tiny_sd_dir),
-        "upload_allowed_schemes": ["http", "https"],
-        "upload_allow_loopback": True,
-        "upload_backoff_s": [0.05, 0.05, 0.05],
-        **overrides,
-    }
-    return settings_for(tiny_vit_dir, **values)
-
-
-@pytest.fixture
-def make_generate_client(tiny_vit_dir, tiny_sd_dir):
-    def factory(classifier=None, **overrides):
-        settings = generate_settings(tiny_vit_dir, tiny_sd_dir, **overrides)
-        return running_app(create_app(settings, classifier=classifier))
-
-    return factory
 
 
 class BrokenClassifier:

@@ -19,7 +19,6 @@ from fastapi import FastAPI
 from safegen.app import create_app
 from safegen.settings import Settings
 
-
 TEST_KEY = "test-key-not-a-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 
@@ -40,8 +39,9 @@ async def running_app(
     """The app with its lifespan running, behind an httpx client sending the test key."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
+        sent = AUTH if headers is None else headers
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://safegen", headers=AUTH if headers is None else headers
+            transport=transport, base_url="http://safegen", headers=sent
         ) as client:
             yield client
 
@@ -52,6 +52,33 @@ def make_client(tiny_vit_dir: Path) -> Callable[..., object]:
 
     def factory(**overrides: object) -> object:
         return running_app(create_app(settings_for(tiny_vit_dir, **overrides)))
+
+    return factory
+
+
+# Cheap /generate sizes for tests: the tiny pipeline at 64x128, two steps.
+SMALL = {"width": 64, "height": 128, "num_inference_steps": 2}
+
+
+def generate_settings(vit_dir: Path, sd_dir: Path, **overrides: object) -> Settings:
+    """Test settings with the tiny generator, loopback upload targets and quick retries."""
+    values: dict[str, object] = {
+        "generator_model": str(sd_dir),
+        "upload_allowed_schemes": ["http", "https"],
+        "upload_allow_loopback": True,
+        "upload_backoff_s": [0.05, 0.05, 0.05],
+        **overrides,
+    }
+    return settings_for(vit_dir, **values)
+
+
+@pytest.fixture
+def make_generate_client(tiny_vit_dir: Path, tiny_sd_dir: Path) -> Callable[..., object]:
+    """``async with make_generate_client(classifier=None, **settings) as client``."""
+
+    def factory(classifier: object = None, **overrides: object) -> object:
+        settings = generate_settings(tiny_vit_dir, tiny_sd_dir, **overrides)
+        return running_app(create_app(settings, classifier=classifier))  # type: ignore[arg-type]
 
     return factory
 
