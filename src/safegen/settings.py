@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, le=64)
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
     inference_timeout_s: float = Field(
-        30.0, gt=0, description="longest wait for the model per image; then an error, not a hang"
+        30.0, gt=0,
+        description="longest forward pass; past it the model counts as stalled: requests fail "
+        "at once and readiness is 503 until it answers (queue time is not counted)",
     )
 
     # --- image generation (/generate) ---------------------------------------------------------

@@ -164,3 +164,33 @@ async def test_stop_fails_what_cannot_finish_in_the_grace_period(executor):
             await future
     with pytest.raises(NotReady):
         await batcher.submit(2)
+
+
+async def test_a_stalled_model_fails_requests_instead_of_hanging_and_recovers(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_batch_size=1, max_wait_s=0,
+                            stall_timeout_s=0.2)
+    stuck = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(batcher.submit(2))
+    for future in (stuck, queued):
+        with pytest.raises(InferenceFailed, match="SAFEGEN_INFERENCE_TIMEOUT_S"):
+            await asyncio.wait_for(future, 2)
+    assert batcher.stalled
+    with pytest.raises(NotReady):  # refused at once while the model is stuck
+        await batcher.submit(3)
+    model.gate.set()
+    await asyncio.sleep(0.1)
+    assert not batcher.stalled
+    assert await batcher.submit(4) == 8
+    await batcher.stop()
+
+
+async def test_queue_time_does_not_count_towards_the_stall_timeout(executor):
+    model = FakeModel(delay_s=0.15)  # each pass is under the timeout, the queue wait is not
+    batcher = await started(model, executor, max_batch_size=1, max_wait_s=0,
+                            stall_timeout_s=0.3)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+    assert results == [0, 2, 4, 6, 8]
+    await batcher.stop()

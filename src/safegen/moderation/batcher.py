@@ -49,6 +49,7 @@ class Batcher(Generic[In, Out]):
         max_wait_s: float,
         max_queue: int,
         expected: Callable[[], int] = lambda: 0,
+        stall_timeout_s: float = 30.0,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -58,6 +59,7 @@ class Batcher(Generic[In, Out]):
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._expected = expected
+        self.stall_timeout_s = stall_timeout_s
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._queue: collections.deque[_Pending[In, Out]] = collections.deque()
@@ -65,6 +67,7 @@ class Batcher(Generic[In, Out]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._busy = False
+        self.stalled = False  # a forward pass overran stall_timeout_s and has not returned yet
 
     @property
     def depth(self) -> int:
@@ -95,6 +98,8 @@ class Batcher(Generic[In, Out]):
         """Queue all ``items`` or none: a full queue raises ``Overloaded`` at once."""
         if self._closing or self._task is None:
             raise NotReady("the classifier is not running")
+        if self.stalled:
+            raise NotReady("the model is not answering; retry shortly")
         if len(self._queue) + len(items) > self.max_queue:
             raise Overloaded(
                 f"the classifier queue is full ({self.max_queue} images, SAFEGEN_MAX_QUEUE_IMAGES);"
@@ -148,9 +153,8 @@ class Batcher(Generic[In, Out]):
         started = time.monotonic()
         self._busy = True
         try:
-            outputs = await loop.run_in_executor(
-                self._executor, self._predict, [p.item for p in batch]
-            )
+            running = loop.run_in_executor(self._executor, self._predict, [p.item for p in batch])
+            outputs = await self._await_or_fail_stalled(running, batch)
             if len(outputs) != len(batch):
                 raise RuntimeError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
         except asyncio.CancelledError:
@@ -171,6 +175,35 @@ class Batcher(Generic[In, Out]):
         for pending, output in zip(batch, outputs, strict=True):
             if not pending.future.done():
                 pending.future.set_result(output)
+
+    async def _await_or_fail_stalled(
+        self, running: asyncio.Future[Sequence[Out]], batch: list[_Pending[In, Out]]
+    ) -> Sequence[Out]:
+        """Wait for a forward pass; if it overruns ``stall_timeout_s``, fail its requests and the
+        queued ones at once (a thread cannot be interrupted) and refuse new work until it returns.
+
+        The timeout counts model time only, never time spent queueing behind other batches.
+        """
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), self.stall_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        logger.error("the model has not answered for %.0fs; failing requests", self.stall_timeout_s)
+        self.stalled = True
+        stalled = InferenceFailed(
+            f"the model did not answer within {self.stall_timeout_s:g} s "
+            "(SAFEGEN_INFERENCE_TIMEOUT_S)"
+        )
+        waiting = list(self._queue)
+        self._queue.clear()
+        self._report_depth()
+        for pending in [*batch, *waiting]:
+            if not pending.future.done():
+                pending.future.set_exception(stalled)
+        try:
+            return await running
+        finally:
+            self.stalled = False
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:

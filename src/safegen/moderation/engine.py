@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from safegen.errors import InferenceFailed, NotReady, Overloaded, SafegenError
+from safegen.errors import NotReady, Overloaded, SafegenError
 from safegen.imaging import ImageLimits, decode_for_model, resize_rgb
 from safegen.metrics import Metrics
 from safegen.moderation.backends import Backend, build_backend
@@ -86,7 +86,7 @@ class ClassifierEngine:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready and not (self._batcher is not None and self._batcher.stalled)
 
     @property
     def backend(self) -> Backend:
@@ -112,6 +112,7 @@ class ClassifierEngine:
             max_wait_s=self.config.max_batch_wait_s,
             max_queue=self.config.max_queue_images,
             expected=lambda: self._decoding,
+            stall_timeout_s=self.config.inference_timeout_s,
             on_batch=self._record_batch,
             on_depth=self.metrics.queue_depth.set,
         )
@@ -204,14 +205,8 @@ class ClassifierEngine:
     async def _infer(
         self, batcher: Batcher[np.ndarray, np.ndarray], pixels: np.ndarray
     ) -> np.ndarray:
-        """Queue one image; a model that stalls yields an error instead of a hung request."""
-        try:
-            return await asyncio.wait_for(batcher.submit(pixels), self.config.inference_timeout_s)
-        except asyncio.TimeoutError:
-            raise InferenceFailed(
-                f"the model did not answer within {self.config.inference_timeout_s:g} s "
-                "(SAFEGEN_INFERENCE_TIMEOUT_S)"
-            ) from None
+        """Queue one image. A stalled model fails it (the batcher's stall timeout), never hangs."""
+        return await batcher.submit(pixels)
 
     async def classify_image(self, image: Image.Image) -> Score:
         """Score an in-memory image (used right after generation: no encode/decode round trip)."""
