@@ -3,7 +3,7 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,onnx
+EXTRAS ?= dev,onnx,ray
 
 .PHONY: install serve demo test test-fast lint bench clean
 

@@ -11,7 +11,10 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
+import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from safegen.errors import SafegenError
@@ -33,8 +36,6 @@ def _settings(**overrides: object) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from safegen.app import create_app, preflight
     from safegen.logs import configure_logging
 
@@ -45,13 +46,15 @@ def serve(args: argparse.Namespace) -> int:
     except SafegenError as exc:
         print(f"safegen: {exc.message}", file=sys.stderr)
         return 2
+    if args.ray:
+        return serve_on_ray(settings)
     app = create_app(settings)
     # uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, run the lifespan shutdown) and
     # then re-raises the signal to the handler that was installed before it. A no-op handler there
     # makes a graceful stop end with exit status 0, as process supervisors expect.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: None)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -59,7 +62,39 @@ def serve(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    _DrainingServer(config, app).run()
     return 0
+
+
+def serve_on_ray(settings: Settings) -> int:
+    """The same app on a local Ray Serve instance (classifier and generator as deployments)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        print("safegen: --ray needs the 'ray' extra: pip install 'safegen[ray]'", file=sys.stderr)
+        return 2
+    from safegen.ray_serve import serve_locally
+
+    try:
+        serve_locally(settings)
+    except ValueError as exc:
+        print(f"safegen: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, answering /readyz 503 from the moment a stop signal arrives (uvicorn
+    itself only notices the signal on its next 0.1 s tick)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.stopping = True
+        self.app.state.metrics.ready.set(0)
+        super().handle_exit(sig, frame)
 
 
 def iter_images(paths: Sequence[Path], recursive: bool) -> Iterator[Path]:
@@ -148,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="run the HTTP service (settings from SAFEGEN_* env)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--ray", action="store_true",
+                   help="run on a local Ray Serve (pip install 'safegen[ray]'); "
+                   "SAFEGEN_RAY_* sizes it")
     p.set_defaults(func=serve)
 
     p = commands.add_parser("classify", help="score local image files and folders")

@@ -6,6 +6,7 @@ instances instead of patching the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -138,10 +139,13 @@ class Settings(BaseSettings):
     @field_validator("upload_default_headers")
     @classmethod
     def _header_lines(cls, values: list[str]) -> list[str]:
+        token = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
         for value in values:
-            name, sep, _ = value.partition(":")
-            if not sep or not name.strip():
+            name, sep, text = value.partition(":")
+            if not sep or not token.fullmatch(name.strip()):
                 raise ValueError(f"header '{value}' must look like 'Name: value'")
+            if not all(" " <= c <= "~" for c in text.strip()):
+                raise ValueError(f"header '{name.strip()}' value must be printable ASCII")
         return values
 
     @field_validator("allowed_formats")

@@ -2,7 +2,9 @@
 
 Two checks, because a declared length can be absent (chunked uploads):
 
-- a ``Content-Length`` above the limit is answered 413 at once, without reading the body;
+- a ``Content-Length`` above the limit is answered 413 without buffering the body (one up to
+  ``DRAIN_FACTOR`` times the limit is read and dropped first, so the client can read the 413
+  instead of getting a connection reset; a larger one is answered at once);
 - otherwise ``receive`` is wrapped and the running total of body bytes is checked on every
   chunk, so a chunked upload is stopped as soon as it passes the limit, long before the app has
   buffered it.
@@ -16,6 +18,7 @@ sent; the response is cut off, and the server closes the connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -30,6 +33,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# A declared body up to this many times the limit is read and dropped before the 413 is sent.
+DRAIN_FACTOR = 2
+DRAIN_TIMEOUT_S = 5.0
 
 
 class BodyTooLarge(TooLarge):
@@ -75,6 +82,8 @@ class BodySizeLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_FACTOR * self.max_bytes:
+                await _drain(receive)
             await self._reject(send)
             return
 
@@ -135,6 +144,27 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop a body that is refused anyway, for at most ``DRAIN_TIMEOUT_S``.
+
+    Closing a connection while the client is still sending makes the kernel answer with a reset,
+    which throws away the 413 before the client reads it: the client sees "connection reset"
+    instead of the reason. Only bodies up to ``DRAIN_FACTOR`` times the limit are drained (no
+    more than a valid request may cost, and nothing is kept); larger ones are cut off at once.
+    """
+
+    async def read_all() -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(read_all(), DRAIN_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        logger.info("client kept sending a refused body for %.0f s; cut off", DRAIN_TIMEOUT_S)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -8,6 +8,7 @@ import binascii
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from safegen.api.auth import require_api_key
 from safegen.api.quota import charge
@@ -112,10 +113,17 @@ def _result(
 
 
 async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
-    # Starlette stops parsing (400) once a form holds more parts than these bounds.
-    form = await request.form(
-        max_files=settings.max_files_per_request, max_fields=settings.max_files_per_request
-    )
+    limit = settings.max_files_per_request
+    try:
+        # Starlette stops parsing once a form holds more parts than these bounds.
+        form = await request.form(max_files=limit, max_fields=limit)
+    except HTTPException as exc:
+        if "Too many" in str(exc.detail):
+            raise TooLarge(
+                f"more than {limit} files or fields in one request; the limit is {limit} "
+                "(SAFEGEN_MAX_FILES_PER_REQUEST)", field="files",
+            ) from None
+        raise InvalidInput(f"malformed multipart body: {exc.detail}", field="files") from None
     try:
         uploads: list[Upload] = []
         for name, value in form.multi_items():

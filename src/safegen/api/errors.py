@@ -47,8 +47,9 @@ def error_response(
     request: Request, status: int, code: str, message: str, *, field: str | None = None,
     headers: dict[str, str] | None = None, extra: dict[str, object] | None = None,
 ) -> JSONResponse:
-    if status in _REJECTIONS:
-        request.app.state.metrics.rejections.labels(reason=code).inc()
+    metrics = getattr(request.app.state, "metrics", None)
+    if status in _REJECTIONS and metrics is not None:
+        metrics.rejections.labels(reason=code).inc()
     body: dict[str, object] = {"code": code, "message": message, "request_id": request_id(request)}
     if field is not None:
         body["field"] = field

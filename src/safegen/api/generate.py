@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -24,6 +25,12 @@ SIGNABLE_HEADERS = {
     "content-language", "expires", "x-amz-storage-class", "x-amz-tagging",
     "x-amz-server-side-encryption", "content-md5",
 }
+
+
+# RFC 9110 field names (tokens) and values (visible ASCII, space, tab): anything else cannot be
+# sent as a header at all (the HTTP client refuses it after the image was generated).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def _bool(value: object) -> object:
@@ -90,6 +97,7 @@ class GenerateFailure(BaseModel):
     "/generate",
     response_model=GenerateResponse,
     responses={
+        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
         401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
         422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
         500: {"model": ErrorResponse},
@@ -167,13 +175,19 @@ def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
         for name, _, value in (line.partition(":") for line in settings.upload_default_headers)
     }
     for name, value in (body.upload_headers or {}).items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidInput("upload_headers: a header name is not a valid HTTP token",
+                               field="upload_headers")
         if name.lower() not in SIGNABLE_HEADERS and not name.lower().startswith("x-amz-meta-"):
             raise InvalidInput(
                 f"header '{name}' may not be sent; allowed: x-amz-meta-*, "
                 + ", ".join(sorted(SIGNABLE_HEADERS)), field="upload_headers",
             )
-        if any(c in value for c in "\r\n\0"):
-            raise InvalidInput(f"header '{name}' has a control character", field="upload_headers")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise InvalidInput(
+                f"header '{name}' must be printable ASCII (no control or non-ASCII characters)",
+                field="upload_headers",
+            )
         headers[name] = value
     return Delivery(
         url=body.s3_prefix, mode=body.upload_mode, headers=headers,

@@ -173,8 +173,8 @@ class Uploader:
         started = time.monotonic()
         result = await self._attempts(job)
         result.elapsed_s = time.monotonic() - started
-        log = logger.info if result.ok else logger.warning
-        log("upload %s: status=%s attempts=%d elapsed=%.2fs url=%s reason=%s",
+        # The caller logs the outcome with its own context; this line is for debugging the uploader.
+        logger.debug("upload %s: status=%s attempts=%d elapsed=%.2fs url=%s reason=%s",
             "ok" if result.ok else "failed", result.status, len(result.attempts),
             result.elapsed_s, redact(job.url), result.reason)
         return result
@@ -219,7 +219,12 @@ class Uploader:
                 record(0, "dns")
                 result.reason = outcomes.describe_transport("dns", len(result.attempts))
                 return True, None
-        request = job.build(job.target)
+        try:
+            request = job.build(job.target)
+        except ValueError:  # e.g. a header httpx cannot encode: the same on every attempt
+            record(0, "invalid_request")
+            result.reason = "the upload request could not be built: a header is not valid HTTP"
+            return False, None
         try:
             response = await self._client.send(request, stream=True, follow_redirects=False)
             try:

@@ -24,6 +24,9 @@ class DeploymentSpec(BaseModel):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     memory_bytes: int | None = Field(None, ge=1, description="Ray's logical 'memory' resource")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources, e.g. {'gpu_node': 0.01} to pin"
+    )
     max_ongoing_requests: int = Field(8, ge=1, description="requests one replica runs at once")
     max_queued_requests: int = Field(
         -1, ge=-1, description="requests a caller queues for the deployment; then 503 (-1: no cap)"
@@ -48,6 +51,8 @@ class DeploymentSpec(BaseModel):
         actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.memory_bytes is not None:
             actor["memory"] = self.memory_bytes
+        if self.resources:
+            actor["resources"] = dict(self.resources)
         options: dict[str, Any] = {
             "ray_actor_options": actor,
             "max_ongoing_requests": self.max_ongoing_requests,

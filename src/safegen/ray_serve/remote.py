@@ -43,20 +43,33 @@ class ClassifierInfo:
 
 def domain_error(exc: BaseException, fallback: SafegenError) -> SafegenError:
     """The domain error a failed remote call stands for (see the module docstring)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, SafegenError) and not isinstance(current, ray_errors.RayError):
-            return current
-        current = getattr(current, "cause", None) or current.__cause__
-    if isinstance(exc, serve_errors.BackPressureError):
-        return Overloaded(f"{fallback.message}: the deployment's queue is full; retry shortly")
-    if isinstance(exc, serve_errors.DeploymentUnavailableError | ray_errors.RayActorError):
-        return NotReady(f"{fallback.message}: no replica is available")
+    for link in _chain(exc):
+        if isinstance(link, SafegenError) and not isinstance(link, ray_errors.RayError):
+            return link  # the replica's own exception, attributes and subclass intact
+        if isinstance(link, serve_errors.BackPressureError):
+            return Overloaded(f"{fallback.message}: the deployment's queue is full; retry shortly")
+        if isinstance(link, _UNAVAILABLE):
+            return NotReady(f"{fallback.message}: no replica is available")
     # The type only: the text of a remote traceback can hold prompts or internals.
     logger.error("remote call failed: %s", type(exc).__name__)
     return fallback
+
+
+_UNAVAILABLE = (
+    serve_errors.DeploymentUnavailableError,
+    serve_errors.ReplicaUnavailableError,
+    ray_errors.RayActorError,
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what it wraps: Ray's ``cause`` attribute or Python's ``__cause__``."""
+    links: list[BaseException] = []
+    current: object = exc
+    while isinstance(current, BaseException) and all(current is not seen for seen in links):
+        links.append(current)
+        current = getattr(current, "cause", None) or current.__cause__
+    return links
 
 
 async def remote_call(response: Awaitable[T], fallback: SafegenError) -> T:

@@ -189,9 +189,9 @@ class GenerateService:
         self._record_upload(result)
         level = logging.INFO if result.ok else logging.WARNING
         logger.log(
-            level, "upload %s: status=%d attempts=%d url=%s",
+            level, "upload %s: status=%d attempts=%d elapsed=%.2fs url=%s reason=%s",
             "succeeded" if result.ok else "failed", result.status, len(result.attempts),
-            redact(result.url or delivery.url),
+            result.elapsed_s, redact(result.url or delivery.url), result.reason,
             extra={"image_hash": image_hash, "upload_mode": delivery.mode},
         )
         return result
