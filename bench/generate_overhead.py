@@ -63,7 +63,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from moto.server import ThreadedMotoServer
-
     from tests.support.s3servers import S3Endpoint
     from tests.support.tiny_models import build_tiny_vit_classifier
 

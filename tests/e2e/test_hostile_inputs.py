@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
 from tests.support import images
 from tests.support.app_client import AUTH
 

@@ -9,7 +9,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from tests.support import images
 from tests.support.app_client import AUTH
 

@@ -151,9 +151,7 @@ async def test_not_ready_before_lifespan_and_request_ids(tiny_vit_dir):
     import httpx
 
     from safegen.app import create_app
-    from tests.support.app_client import settings_for
-
-    from tests.support.app_client import AUTH
+    from tests.support.app_client import AUTH, settings_for
 
     app = create_app(settings_for(tiny_vit_dir))
     transport = httpx.ASGITransport(app=app)

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from safegen.app import create_app
 from safegen.api.auth import key_digest
+from safegen.app import create_app
 from tests.support import images
 from tests.support.app_client import TEST_KEY, running_app, settings_for
 
