@@ -3,20 +3,13 @@ and in-process ASGI apps for what the app does with the error."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import queue
-import re
 import socket
-import subprocess
-import sys
 import textwrap
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +18,8 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from safegen.api.body_limit import BodySizeLimitMiddleware, BodyTooLarge
+from tests.support.uvicorn_process import uvicorn_process
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 LIMIT = 64 * 1024
 
 APP_SOURCE = textwrap.dedent(
@@ -60,42 +53,6 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def uvicorn_process(app_dir: Path, target: str) -> Iterator[tuple[str, int, list[str]]]:
-    """Run ``uvicorn --factory target`` on a random port; yield (base URL, port, stderr lines)."""
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(app_dir), target,
-        "--host", "127.0.0.1", "--port", "0", "--no-access-log",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(app_dir)])}
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=env, text=True,
-    )
-    ports: queue.Queue[int | None] = queue.Queue()
-    lines: list[str] = []
-
-    def pump() -> None:  # keeps draining stderr so the server never blocks on a full pipe
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            if match := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                ports.put(int(match.group(1)))
-        ports.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        port = ports.get(timeout=30)
-        if port is None:
-            raise RuntimeError("uvicorn exited at start:\n" + "".join(lines[-30:]))
-        yield f"http://127.0.0.1:{port}", port, lines
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,11 @@ uvicorn processes, and Redis killed mid-run under both failure policies."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import queue
-import re
 import socket
-import subprocess
-import sys
 import textwrap
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -31,8 +24,7 @@ from safegen.api.ratelimit import (
     parse_route_limits,
 )
 from tests.support.redis_server import RedisServer
-
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.support.uvicorn_process import uvicorn_process
 
 APP_SOURCE = textwrap.dedent(
     """
@@ -61,42 +53,6 @@ APP_SOURCE = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def uvicorn_process(app_dir: Path, target: str, env: dict[str, str]) -> Iterator[str]:
-    """Run ``uvicorn --factory target`` on a random port; yield its base URL."""
-    command = [
-        sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(app_dir), target,
-        "--host", "127.0.0.1", "--port", "0", "--no-access-log",
-    ]
-    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(SRC), str(app_dir)])}
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=full_env, text=True,
-    )
-    ports: queue.Queue[int | None] = queue.Queue()
-    lines: list[str] = []
-
-    def pump() -> None:  # keeps draining stderr so the server never blocks on a full pipe
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            if match := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                ports.put(int(match.group(1)))
-        ports.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        port = ports.get(timeout=30)
-        if port is None:
-            raise RuntimeError("uvicorn exited at start:\n" + "".join(lines[-30:]))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -227,8 +183,8 @@ def test_two_processes_share_one_redis_budget(redis_server: RedisServer, tmp_pat
     (tmp_path / "ratelimit_app.py").write_text(APP_SOURCE)
     env = {"LIMIT": "6/minute", "STORAGE": redis_server.url}
     with (
-        uvicorn_process(tmp_path, "ratelimit_app:create", env) as url_a,
-        uvicorn_process(tmp_path, "ratelimit_app:create", env) as url_b,
+        uvicorn_process(tmp_path, "ratelimit_app:create", env) as (url_a, _, _),
+        uvicorn_process(tmp_path, "ratelimit_app:create", env) as (url_b, _, _),
     ):
         pids, statuses = set(), []
         for i in range(5):
