@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests never reach the Hugging Face hub: any hub id must come from the (empty) cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Caches the code writes (the ONNX export cache) go to a throwaway place, never the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="safegen-test-cache-")
 
 pytest_plugins = [
     "tests.support.tiny_models",

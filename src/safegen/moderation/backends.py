@@ -49,11 +49,10 @@ class Backend(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True where the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); else bf16 is slower."""
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as cpuinfo:
-            flags = cpuinfo.read()
+        flags = cpuinfo.read_text(encoding="ascii", errors="ignore")
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -130,6 +129,11 @@ def build_backend(
     return TorchBackend(loaded, device, precision)
 
 
+def bucket_for(count: int) -> int:
+    """The CUDA batch size ``count`` images are padded up to (``count`` past the last bucket)."""
+    return next((b for b in CUDA_BUCKETS if b >= count), count)
+
+
 def _cuda_compile_worthwhile(device: str) -> bool:
     """torch.compile (CUDA graphs) pays off for a long-running server on a recent GPU with triton.
 
@@ -180,7 +184,7 @@ class TorchBackend:
         torch = self._torch
         count = len(batch)
         if self._cuda:  # pad to a bucket so shapes repeat; padding rows are sliced off below
-            bucket = next((b for b in CUDA_BUCKETS if b >= count), count)
+            bucket = bucket_for(count)
             if bucket > count:
                 pad = np.zeros((bucket - count, *batch.shape[1:]), batch.dtype)
                 batch = np.concatenate([batch, pad])
