@@ -118,12 +118,13 @@ async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
         # Starlette stops parsing once a form holds more parts than these bounds.
         form = await request.form(max_files=limit, max_fields=limit)
     except HTTPException as exc:
-        if "Too many" in str(exc.detail):
+        if "Too many files" in str(exc.detail):
             raise TooLarge(
-                f"more than {limit} files or fields in one request; the limit is {limit} "
+                f"more than {limit} files in one request; the limit is {limit} "
                 "(SAFEGEN_MAX_FILES_PER_REQUEST)", field="files",
             ) from None
-        raise InvalidInput(f"malformed multipart body: {exc.detail}", field="files") from None
+        # Too many text fields, or a malformed body: the form is wrong, not too large.
+        raise InvalidInput(f"malformed multipart form: {exc.detail}", field="files") from None
     try:
         uploads: list[Upload] = []
         for name, value in form.multi_items():
