@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -20,6 +21,7 @@ from safegen.api.errors import install_error_handlers
 from safegen.api.observability import ObservabilityMiddleware
 from safegen.api.ratelimit import RateLimiter
 from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy
+from safegen.errors import ModelUnavailable
 from safegen.generation.base import Generator
 from safegen.generation.upscale import build_upscaler
 from safegen.imaging import ImageLimits
@@ -54,19 +56,30 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 
 def preflight(settings: Settings) -> None:
-    """Fail fast, before the server starts, when a configured model cannot be found.
+    """Fail fast, before the server starts, when a configured model cannot be had.
 
-    Cheap checks only (a directory exists, a hub id is cached or the hub may be asked); loading
-    itself happens in the lifespan.
+    A local directory must exist; a hub id must be in the cache or fetched now (so a missing
+    model is one clear line here, not a traceback from the lifespan). Loading happens later.
     """
-    from safegen.hub import resolve_model
     from safegen.moderation.loading import NSFW_ENV_VAR
 
-    resolve_model(settings.nsfw_model, kind="NSFW classifier", env_var=NSFW_ENV_VAR,
-                  cache_dir=settings.model_cache_dir)
+    models = [(settings.nsfw_model, "NSFW classifier", NSFW_ENV_VAR)]
     if build_generator(settings) is not None:
-        resolve_model(settings.generator_model, kind="image generator",
-                      env_var="SAFEGEN_GENERATOR_MODEL", cache_dir=settings.model_cache_dir)
+        models.append((settings.generator_model, "image generator", "SAFEGEN_GENERATOR_MODEL"))
+    for model, kind, env_var in models:
+        _ensure_available(model, kind, env_var, settings.model_cache_dir)
+
+
+def _ensure_available(model: str, kind: str, env_var: str, cache_dir: Path | None) -> None:
+    from safegen.hub import download, is_local, missing_weights_message, resolve_model
+
+    source = resolve_model(model, kind=kind, env_var=env_var, cache_dir=cache_dir)
+    if is_local(source):
+        return
+    try:
+        download(source, cache_dir)  # a cache hit when present; works offline from the cache
+    except ModelUnavailable:
+        raise ModelUnavailable(missing_weights_message(model, kind, env_var)) from None
 
 
 def upload_config(settings: Settings) -> UploadConfig:

@@ -115,7 +115,7 @@ def download(model: str, cache_dir: Path | None = None) -> Path:
     try:
         return Path(snapshot_download(model, cache_dir=cache_dir))
     except Exception as exc:
-        logger.error("downloading %r failed", model, exc_info=exc)
+        logger.debug("downloading %r failed", model, exc_info=exc)  # the caller says it in one line
         where = "offline mode is on (HF_HUB_OFFLINE)" if _offline() else "see the log for why"
         raise ModelUnavailable(
             f"Could not download '{model}' from the Hugging Face hub ({where}): check the model "

@@ -9,6 +9,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from tests.support import images
 from tests.support.app_client import AUTH
 
@@ -37,12 +38,16 @@ def test_real_server_classifies_concurrently_and_stops_cleanly(server_process, t
     assert all("request_id" in line for line in access)
 
 
-def test_missing_model_fails_with_one_clear_line(tmp_path):
-    env = {"SAFEGEN_NSFW_MODEL": "some-org/missing-model", "HF_HUB_OFFLINE": "1",
-           "HF_HUB_CACHE": str(tmp_path), "SAFEGEN_PORT": "1"}
-    done = subprocess.run([sys.executable, "-m", "safegen", "serve"], env={**_env(), **env},
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_missing_model_fails_with_one_clear_line(tmp_path, offline):
+    env = {k: v for k, v in _env().items() if k != "HF_HUB_OFFLINE"}
+    env.update({"SAFEGEN_NSFW_MODEL": "some-org/missing-model", "HF_HOME": str(tmp_path),
+                "HF_HUB_CACHE": str(tmp_path), "SAFEGEN_PORT": "1"})
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run([sys.executable, "-m", "safegen", "serve"], env=env,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert "some-org/missing-model" in done.stderr
     assert "safegen download some-org/missing-model" in done.stderr
     assert "SAFEGEN_NSFW_MODEL" in done.stderr
