@@ -6,7 +6,6 @@ instances instead of patching the environment.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -139,12 +138,13 @@ class Settings(BaseSettings):
     @field_validator("upload_default_headers")
     @classmethod
     def _header_lines(cls, values: list[str]) -> list[str]:
-        token = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+        from safegen.delivery.headers import is_header_name, is_header_value
+
         for value in values:
             name, sep, text = value.partition(":")
-            if not sep or not token.fullmatch(name.strip()):
+            if not sep or not is_header_name(name.strip()):
                 raise ValueError(f"header '{value}' must look like 'Name: value'")
-            if not all(" " <= c <= "~" for c in text.strip()):
+            if not is_header_value(text.strip()):
                 raise ValueError(f"header '{name.strip()}' value must be printable ASCII")
         return values
 

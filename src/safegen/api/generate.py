@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -12,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from safegen.api.auth import require_api_key
 from safegen.api.quota import charge
 from safegen.api.schemas import ErrorBody, ErrorResponse
+from safegen.delivery.headers import is_header_name, is_header_value
 from safegen.errors import InvalidInput, NotReady
 from safegen.generation.base import GenerationRequest
 from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
@@ -25,12 +25,6 @@ SIGNABLE_HEADERS = {
     "content-language", "expires", "x-amz-storage-class", "x-amz-tagging",
     "x-amz-server-side-encryption", "content-md5",
 }
-
-
-# RFC 9110 field names (tokens) and values (visible ASCII, space, tab): anything else cannot be
-# sent as a header at all (the HTTP client refuses it after the image was generated).
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def _bool(value: object) -> object:
@@ -175,7 +169,8 @@ def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
         for name, _, value in (line.partition(":") for line in settings.upload_default_headers)
     }
     for name, value in (body.upload_headers or {}).items():
-        if not _HEADER_NAME.fullmatch(name):
+        # Anything else could not be sent at all (the HTTP client refuses it after generation).
+        if not is_header_name(name):
             raise InvalidInput("upload_headers: a header name is not a valid HTTP token",
                                field="upload_headers")
         if name.lower() not in SIGNABLE_HEADERS and not name.lower().startswith("x-amz-meta-"):
@@ -183,7 +178,7 @@ def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
                 f"header '{name}' may not be sent; allowed: x-amz-meta-*, "
                 + ", ".join(sorted(SIGNABLE_HEADERS)), field="upload_headers",
             )
-        if not _HEADER_VALUE.fullmatch(value):
+        if not is_header_value(value):
             raise InvalidInput(
                 f"header '{name}' must be printable ASCII (no control or non-ASCII characters)",
                 field="upload_headers",

@@ -197,23 +197,17 @@ class ClassifierEngine:
                 pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
             finally:
                 self._decoding -= 1
-            probs = await self._infer(batcher, pixels)
+            probs = await batcher.submit(pixels)
         except SafegenError as exc:
             return exc
         return self._score(probs)
-
-    async def _infer(
-        self, batcher: Batcher[np.ndarray, np.ndarray], pixels: np.ndarray
-    ) -> np.ndarray:
-        """Queue one image. A stalled model fails it (the batcher's stall timeout), never hangs."""
-        return await batcher.submit(pixels)
 
     async def classify_image(self, image: Image.Image) -> Score:
         """Score an in-memory image (used right after generation: no encode/decode round trip)."""
         batcher = self._require_batcher()
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self._decode_pool, resize_rgb, image, self.size)
-        probs = await self._infer(batcher, pixels)
+        probs = await batcher.submit(pixels)
         self.metrics.images.labels(outcome="scored").inc()
         return self._score(probs)
 
