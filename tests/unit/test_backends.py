@@ -44,8 +44,9 @@ def batch() -> np.ndarray:
 
 def drift(loaded: LoadedClassifier, batch: np.ndarray, name: str, precision: str,
           cache: Path) -> float:
-    reference = build_backend(loaded, "torch", "cpu", "fp32").predict(batch)
-    probs = build_backend(loaded, name, "cpu", precision, cache).predict(batch)
+    reference = build_backend(copy.deepcopy(loaded), "torch", "cpu", "fp32").predict(batch)
+    # a copy: the torch backend converts the model it is given to its precision in place
+    probs = build_backend(copy.deepcopy(loaded), name, "cpu", precision, cache).predict(batch)
     assert probs.shape == reference.shape
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)

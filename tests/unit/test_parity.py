@@ -3,7 +3,7 @@
 Bounds (max |delta p| over the test images), stated in the README:
 - exact path (full decode, fp32): 1e-4;
 - fast JPEG decode (draft at reduced scale), fp32: 2e-2;
-- bf16 autocast on CPU (default where the CPU has native bf16), exact decode: 1e-2;
+- bf16 on CPU (default where the CPU has native bf16), exact decode: 1e-2;
 - onnxruntime fp32 (the CPU default where bf16 is not native), exact decode: 1e-4.
 Every backend path's own bound against torch fp32 is in ``PARITY_BOUNDS`` (test_backends.py).
 """

@@ -5,7 +5,7 @@ ships uint8 pixels (4x less data than float32) and the decode threads do no floa
 
 ``build_backend`` picks a backend and a precision. ``auto`` takes the fastest path whose parity
 bound holds, measured on a 2-core AVX-512 BF16 CPU with ViT-B/16 (docs/performance.md): torch bf16
-autocast where the CPU computes bf16 natively, else onnxruntime fp32 when installed, else torch
+where the CPU computes bf16 natively, else onnxruntime fp32 when installed, else torch
 fp32; fp16 on CUDA. int8 is never chosen automatically: its drift is a model-quality decision.
 """
 
@@ -147,7 +147,13 @@ def _cuda_compile_worthwhile(device: str) -> bool:
 
 
 class TorchBackend:
-    """PyTorch eager inference: fp32 weights with autocast for bf16/fp16; half weights on CUDA."""
+    """PyTorch eager inference: half-precision weights for bf16 (and fp16 on CUDA), else fp32.
+
+    bf16 weights rather than autocast: autocast casts every weight on every forward, which costs
+    14% of a batch-1 forward and 6% at batch 8 on the development CPU, for a drift still well
+    inside the bound (docs/performance.md). fp16 on CPU has no native kernels: autocast there.
+    The model in ``loaded`` is moved and converted in place (no second copy of the weights).
+    """
 
     name = "torch"
 
@@ -159,8 +165,10 @@ class TorchBackend:
         self.precision = precision
         self._cuda = self.device.type == "cuda"
         model = loaded.model.to(self.device)  # type: ignore[attr-defined]
-        if self._cuda and precision == "fp16":
-            model = model.half()
+        self._dtype = torch.float32
+        if precision == "bf16" or (precision == "fp16" and self._cuda):
+            self._dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+            model = model.to(self._dtype)
         self._model = model
         prep = loaded.preprocessing
         scale, shift = normalisation(prep)
@@ -174,8 +182,6 @@ class TorchBackend:
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         torch = self._torch
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         if self.precision == "fp16" and not self._cuda:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
@@ -193,9 +199,7 @@ class TorchBackend:
             pixels = pixels.pin_memory()  # lets the copy below overlap with host work
         with torch.inference_mode(), self._autocast():
             x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-            x = x * self._scale + self._shift
-            if self._cuda and self.precision == "fp16":
-                x = x.half()
+            x = (x * self._scale + self._shift).to(self._dtype)
             logits = self._model(pixel_values=x).logits
             probs = torch.softmax(logits.float(), dim=-1)
         return probs[:count].cpu().numpy()
