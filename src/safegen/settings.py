@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_batch_wait_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_images: int = Field(512, ge=1, description="images waiting for the model; then 503")
-    decode_threads: int = Field(2, ge=1, le=64)
+    decode_threads: int = Field(
+        0, ge=0, le=256,
+        description="threads decoding images for the classifier; 0: one per CPU core available",
+    )
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
     inference_timeout_s: float = Field(
         30.0, gt=0,

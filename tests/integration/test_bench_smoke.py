@@ -36,3 +36,16 @@ def test_classify_benchmark_smoke(tmp_path):
     assert all(float(rate) > 0 and float(ratio) > 0 for rate, _, ratio in rows), table
     assert re.search(r"e2e = \d+% of raw", table), table
     assert re.search(r"idle lone request p50 safegen .* raw batch-1 forward", table), table
+
+
+def test_cpu_ceiling_smoke():
+    """The ceiling benchmark prints a positive GEMM rate and ceiling for every CPU path."""
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "cpu_ceiling.py"), "--batch", "1", "--repeats", "1",
+         "--naive", "3.0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = re.findall(r"^(\S+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)x$", completed.stdout, re.MULTILINE)
+    assert [name for name, *_ in rows] == ["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"]
+    assert all(int(rate) > 0 and float(ceiling) > 0 for _, rate, ceiling, _ in rows), rows
