@@ -89,8 +89,8 @@ class ClassifierEngine:
         self._decoding = 0  # images admitted and being decoded; the batcher waits for them
         # Decoding releases the GIL; one thread per core lets a GPU host decode as fast as its
         # model runs (2 threads would cap a 16-core host at about 600 images/s).
-        decode_threads = config.decode_threads or available_cpus()
-        self._decode_pool = ThreadPoolExecutor(decode_threads, "safegen-decode")
+        self.decode_threads = config.decode_threads or available_cpus()
+        self._decode_pool = ThreadPoolExecutor(self.decode_threads, "safegen-decode")
         self._model_thread = ThreadPoolExecutor(1, "safegen-model")
         self._batcher: Batcher[np.ndarray, np.ndarray] | None = None
         self._ready = False
