@@ -46,6 +46,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_queue_images=settings.max_queue_images,
         decode_threads=settings.decode_threads,
         torch_threads=settings.torch_threads,
+        device_decode=settings.device_decode,
         inference_timeout_s=settings.inference_timeout_s,
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
@@ -61,8 +62,11 @@ def preflight(settings: Settings) -> None:
     A local directory must exist; a hub id must be in the cache or fetched now (so a missing
     model is one clear line here, not a traceback from the lifespan). Loading happens later.
     """
+    from safegen.moderation.device_decode import NEEDS_TORCHVISION, torchvision_decoder_available
     from safegen.moderation.loading import NSFW_ENV_VAR
 
+    if settings.device_decode and not torchvision_decoder_available():
+        raise ModelUnavailable(NEEDS_TORCHVISION)
     models = [(settings.nsfw_model, "NSFW classifier", NSFW_ENV_VAR)]
     if build_generator(settings) is not None:
         models.append((settings.generator_model, "image generator", "SAFEGEN_GENERATOR_MODEL"))

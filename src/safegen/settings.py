@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         description="threads decoding images for the classifier; 0: one per CPU core available",
     )
     torch_threads: int = Field(0, ge=0, description="0: torch's default")
+    device_decode: bool = Field(
+        False,
+        description="decode JPEGs on the model's device with torchvision (nvjpeg on CUDA); "
+        "needs torchvision and the torch backend",
+    )
     inference_timeout_s: float = Field(
         30.0, gt=0,
         description="longest forward pass; past it the model counts as stalled: requests fail "

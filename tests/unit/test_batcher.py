@@ -194,3 +194,17 @@ async def test_queue_time_does_not_count_towards_the_stall_timeout(executor):
     results = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
     assert results == [0, 2, 4, 6, 8]
     await batcher.stop()
+
+
+async def test_an_exception_in_place_of_an_output_fails_that_item_alone(executor):
+    def model(items: list[int]) -> list[int | BaseException]:
+        return [ValueError(f"bad {i}") if i < 0 else 2 * i for i in items]
+
+    batcher = await started(model, executor)
+    results = await asyncio.gather(*(batcher.submit(i) for i in (1, -1, 3)),
+                                   return_exceptions=True)
+    await batcher.stop()
+    assert results[0] == 2
+    assert results[2] == 6
+    assert isinstance(results[1], ValueError)
+    assert str(results[1]) == "bad -1"

@@ -15,12 +15,15 @@ import contextlib
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from safegen.errors import ModelUnavailable
 from safegen.moderation.loading import LoadedClassifier, Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("safegen.moderation")
 
@@ -187,18 +190,21 @@ class TorchBackend:
         return contextlib.nullcontext()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        count = len(batch)
-        if self._cuda:  # pad to a bucket so shapes repeat; padding rows are sliced off below
-            bucket = bucket_for(count)
-            if bucket > count:
-                pad = np.zeros((bucket - count, *batch.shape[1:]), batch.dtype)
-                batch = np.concatenate([batch, pad])
-        pixels = torch.from_numpy(np.ascontiguousarray(batch))
+        pixels = self._torch.from_numpy(np.ascontiguousarray(batch))
         if self._cuda:
             pixels = pixels.pin_memory()  # lets the copy below overlap with host work
+        return self.predict_pixels(pixels)
+
+    def predict_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Like ``predict``, for a ``(N, H, W, 3)`` uint8 tensor on the host or the device."""
+        torch = self._torch
+        count = len(pixels)
         with torch.inference_mode(), self._autocast():
-            x = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            x = pixels.to(self.device, non_blocking=True)
+            if self._cuda and bucket_for(count) > count:
+                # pad to a bucket so shapes repeat; padding rows are sliced off below
+                x = torch.cat([x, x.new_zeros((bucket_for(count) - count, *x.shape[1:]))])
+            x = x.permute(0, 3, 1, 2).float()
             x = (x * self._scale + self._shift).to(self._dtype)
             logits = self._model(pixel_values=x).logits
             probs = torch.softmax(logits.float(), dim=-1)

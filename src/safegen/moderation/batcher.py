@@ -38,11 +38,13 @@ class Batcher(Generic[In, Out]):
 
     ``predict`` runs on ``executor`` (one thread: the model is never run on the event loop nor
     concurrently with itself). A failing batch fails only its own futures; the loop lives on.
+    An exception in place of an output fails that item alone (an image the model thread could
+    not decode, say).
     """
 
     def __init__(
         self,
-        predict: Callable[[list[In]], Sequence[Out]],
+        predict: Callable[[list[In]], Sequence[Out | BaseException]],
         executor: Executor,
         *,
         max_batch_size: int,
@@ -173,12 +175,17 @@ class Batcher(Generic[In, Out]):
         if self._on_batch is not None:
             self._on_batch(len(batch), time.monotonic() - started)
         for pending, output in zip(batch, outputs, strict=True):
-            if not pending.future.done():
+            if pending.future.done():
+                continue
+            if isinstance(output, BaseException):
+                pending.future.set_exception(output)
+            else:
                 pending.future.set_result(output)
 
     async def _await_or_fail_stalled(
-        self, running: asyncio.Future[Sequence[Out]], batch: list[_Pending[In, Out]]
-    ) -> Sequence[Out]:
+        self, running: asyncio.Future[Sequence[Out | BaseException]],
+        batch: list[_Pending[In, Out]],
+    ) -> Sequence[Out | BaseException]:
         """Wait for a forward pass; if it overruns ``stall_timeout_s``, fail its requests and the
         queued ones at once (a thread cannot be interrupted) and refuse new work until it returns.
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,21 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from safegen.errors import NotReady, Overloaded, SafegenError
-from safegen.imaging import ImageLimits, decode_for_model, resize_rgb
+from safegen.errors import ImageError, ModelUnavailable, NotReady, Overloaded, SafegenError
+from safegen.imaging import ImageLimits, decode_for_model, encode_jpeg, open_checked, resize_rgb
 from safegen.metrics import Metrics
-from safegen.moderation.backends import Backend, build_backend
+from safegen.moderation.backends import Backend, TorchBackend, build_backend
 from safegen.moderation.batcher import Batcher
+from safegen.moderation.device_decode import (
+    DEVICE_DECODE_MODES,
+    DeviceDecoder,
+    EncodedJpeg,
+    predict_decoding_on_device,
+)
 from safegen.moderation.loading import LoadedClassifier, load_classifier
+
+# What the decode threads hand the batcher: decoded pixels, or a JPEG for the device to decode.
+Pixels = np.ndarray | EncodedJpeg
 
 logger = logging.getLogger("safegen.moderation")
 
@@ -59,6 +69,7 @@ class EngineConfig:
     decode_threads: int = 0  # 0: one per CPU core available to the process
     torch_threads: int = 0
     inference_timeout_s: float = 30.0
+    device_decode: bool = False  # JPEGs decoded on the model's device (torchvision)
     limits: ImageLimits = ImageLimits()
 
 
@@ -92,7 +103,8 @@ class ClassifierEngine:
         self.decode_threads = config.decode_threads or available_cpus()
         self._decode_pool = ThreadPoolExecutor(self.decode_threads, "safegen-decode")
         self._model_thread = ThreadPoolExecutor(1, "safegen-model")
-        self._batcher: Batcher[np.ndarray, np.ndarray] | None = None
+        self._device_decoder: DeviceDecoder | None = None
+        self._batcher: Batcher[Pixels, np.ndarray] | None = None
         self._ready = False
 
     @property
@@ -151,21 +163,34 @@ class ClassifierEngine:
             torch.set_num_threads(cfg.torch_threads)
         self._loaded = load_classifier(cfg.model, cfg.cache_dir)
         self.labels = self._loaded.labels
-        return build_backend(self._loaded, cfg.backend, cfg.device, cfg.precision, cfg.cache_dir)
+        backend = build_backend(self._loaded, cfg.backend, cfg.device, cfg.precision,
+                                cfg.cache_dir)
+        if cfg.device_decode:
+            if not isinstance(backend, TorchBackend):
+                raise ModelUnavailable(
+                    "SAFEGEN_DEVICE_DECODE=true needs the torch backend (SAFEGEN_BACKEND=torch)"
+                )
+            self._device_decoder = DeviceDecoder(backend.device, self.size)
+        return backend
 
     def _warm_up(self) -> None:
         """Run the sizes we will serve once, so the first real request pays no one-off costs."""
         width, height = self.size
         for n in sorted({1, self.config.max_batch_size}):
             self._predict([np.zeros((height, width, 3), np.uint8)] * n)
+        if self._device_decoder is not None:  # creates the decoder's handles (nvjpeg) now
+            self._predict([EncodedJpeg(encode_jpeg(Image.new("RGB", (64, 64)), 90))])
 
     @property
     def size(self) -> tuple[int, int]:
         assert self._loaded is not None
         return self._loaded.preprocessing.size
 
-    def _predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return list(self.backend.predict(np.stack(images)))
+    def _predict(self, items: list[Pixels]) -> Sequence[np.ndarray | ImageError]:
+        if self._device_decoder is not None and any(isinstance(i, EncodedJpeg) for i in items):
+            assert isinstance(self.backend, TorchBackend)
+            return predict_decoding_on_device(self.backend, self._device_decoder, items)
+        return list(self.backend.predict(np.stack(items)))  # type: ignore[arg-type]
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -200,7 +225,7 @@ class ClassifierEngine:
         return list(results)
 
     async def _classify_one(
-        self, batcher: Batcher[np.ndarray, np.ndarray], data: bytes
+        self, batcher: Batcher[Pixels, np.ndarray], data: bytes
     ) -> Score | SafegenError:
         loop = asyncio.get_running_loop()
         try:
@@ -222,10 +247,14 @@ class ClassifierEngine:
         self.metrics.images.labels(outcome="scored").inc()
         return self._score(probs)
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes) -> Pixels:
+        if self._device_decoder is not None:  # header and limits here, pixels on the device
+            image = open_checked(data, self.config.limits)
+            if image.format == "JPEG" and image.mode in DEVICE_DECODE_MODES:
+                return EncodedJpeg(data)
         return decode_for_model(data, self.config.limits, self.size, fast=self.config.fast_decode)
 
-    def _require_batcher(self) -> Batcher[np.ndarray, np.ndarray]:
+    def _require_batcher(self) -> Batcher[Pixels, np.ndarray]:
         if self._batcher is None or not self._ready:
             raise NotReady("the classifier is not ready")
         return self._batcher
