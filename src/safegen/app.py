@@ -44,6 +44,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_batch_size=settings.max_batch_size,
         max_batch_wait_s=settings.max_batch_wait_ms / 1000,
         max_queue_images=settings.max_queue_images,
+        max_queue_wait_s=settings.max_queue_wait_s,
         decode_threads=settings.decode_threads,
         torch_threads=settings.torch_threads,
         device_decode=settings.device_decode,

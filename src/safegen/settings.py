@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_batch_wait_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_images: int = Field(512, ge=1, description="images waiting for the model; then 503")
+    max_queue_wait_s: float = Field(
+        30.0, gt=0,
+        description="longest expected wait for the model (queued images x recent model time per "
+        "image); a request that would wait longer gets 503 at once",
+    )
     decode_threads: int = Field(
         0, ge=0, le=256,
         description="threads decoding images for the classifier; 0: one per CPU core available",

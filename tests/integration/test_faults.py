@@ -137,6 +137,30 @@ async def test_classify_flood_is_refused_at_once_and_the_queue_drains(tiny_vit_d
     assert metric(metrics, 'safegen_rejected_requests_total{reason="overloaded"}') == len(refused)
 
 
+async def test_classify_is_refused_when_the_expected_wait_is_too_long(tiny_vit_dir, monkeypatch):
+    """Admission by expected wait (queued images x recent model time per image), not only by
+    count: far below SAFEGEN_MAX_QUEUE_IMAGES, requests that would wait > 1 s are refused."""
+    app = app_for(tiny_vit_dir, max_queue_wait_s=1.0, max_batch_size=2)
+    files = [("files", ("a.jpg", JPEG))]
+    async with running_app(app) as client:
+        fault = slow_backend(app, monkeypatch)
+        fault.delay_s = 0.4
+        for _ in range(4):  # an idle server admits anything; these teach it about 0.24 s/image
+            assert (await client.post("/v1/classify", files=files)).status_code == 200
+        results = await asyncio.gather(
+            *(timed(client.post("/v1/classify", files=files)) for _ in range(16))
+        )
+    ok = [seconds for r, seconds in results if r.status_code == 200]
+    refused = [(r, seconds) for r, seconds in results if r.status_code == 503]
+    assert len(ok) + len(refused) == 16
+    assert 2 <= len(ok) <= 8, len(ok)  # about 1 s / 0.24 s of images ahead, plus the first
+    for response, seconds in refused:
+        assert "SAFEGEN_MAX_QUEUE_WAIT_S" in response.json()["error"]["message"]
+        assert int(response.headers["Retry-After"]) >= 1
+        assert seconds < 0.4  # refused before any work
+    assert max(ok) < 0.4 * (8 / 2) + 1.0  # admitted work is bounded by the limit
+
+
 async def test_generate_flood_is_refused_at_once_beyond_max_pending(
     tiny_vit_dir, tiny_sd_dir
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -55,6 +56,20 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+class ModelTimePerImage:
+    """Seconds of model time per image, weighted toward recent forward passes."""
+
+    WEIGHT = 0.2  # of the newest batch: follows a change of load within a few batches
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def observe(self, images: int, seconds: float) -> None:
+        sample = seconds / images
+        previous = self.seconds
+        self.seconds = sample if previous is None else previous + self.WEIGHT * (sample - previous)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: str
@@ -66,6 +81,7 @@ class EngineConfig:
     max_batch_size: int = 32
     max_batch_wait_s: float = 0.005
     max_queue_images: int = 512
+    max_queue_wait_s: float = 30.0
     decode_threads: int = 0  # 0: one per CPU core available to the process
     torch_threads: int = 0
     inference_timeout_s: float = 30.0
@@ -104,6 +120,7 @@ class ClassifierEngine:
         self._decode_pool = ThreadPoolExecutor(self.decode_threads, "safegen-decode")
         self._model_thread = ThreadPoolExecutor(1, "safegen-model")
         self._device_decoder: DeviceDecoder | None = None
+        self._model_time = ModelTimePerImage()  # for admission by expected wait
         self._batcher: Batcher[Pixels, np.ndarray] | None = None
         self._ready = False
 
@@ -177,7 +194,9 @@ class ClassifierEngine:
         """Run the sizes we will serve once, so the first real request pays no one-off costs."""
         width, height = self.size
         for n in sorted({1, self.config.max_batch_size}):
+            started = time.monotonic()
             self._predict([np.zeros((height, width, 3), np.uint8)] * n)
+        self._model_time.observe(n, time.monotonic() - started)  # the first estimate: full batch
         if self._device_decoder is not None:  # creates the decoder's handles (nvjpeg) now
             self._predict([EncodedJpeg(encode_jpeg(Image.new("RGB", (64, 64)), 90))])
 
@@ -195,6 +214,7 @@ class ClassifierEngine:
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.inference_latency.observe(seconds)
+        self._model_time.observe(size, seconds)
 
     def _score(self, probs: np.ndarray) -> Score:
         assert self._loaded is not None
@@ -212,17 +232,32 @@ class ClassifierEngine:
         overlaps the forward passes of its first images.
         """
         batcher = self._require_batcher()
-        if batcher.depth + self._decoding + len(items) > batcher.max_queue:
-            raise Overloaded(  # admission before any work: an overloaded server answers at once
-                f"the classifier queue is full ({batcher.max_queue} images, "
-                "SAFEGEN_MAX_QUEUE_IMAGES); retry shortly"
-            )
+        self._admit(batcher, len(items))
         self._decoding += len(items)
         results = await asyncio.gather(*(self._classify_one(batcher, data) for data in items))
         for result in results:
             outcome = "scored" if isinstance(result, Score) else result.code
             self.metrics.images.labels(outcome=outcome).inc()
         return list(results)
+
+    def _admit(self, batcher: Batcher[Pixels, np.ndarray], count: int) -> None:
+        """Refuse at once, before any work, what the queue cannot take or serve in time."""
+        ahead = batcher.depth + self._decoding
+        per_image = self._model_time.seconds or 0.0
+        if ahead + count > batcher.max_queue:
+            raise Overloaded(
+                f"the classifier queue is full ({batcher.max_queue} images, "
+                "SAFEGEN_MAX_QUEUE_IMAGES); retry shortly",
+                retry_after_s=max(1, math.ceil(ahead * per_image)),
+            )
+        wait_s = ahead * per_image  # model time of the images queued ahead of this request
+        limit_s = self.config.max_queue_wait_s
+        if wait_s > limit_s:
+            raise Overloaded(
+                f"the classifier is busy: about {wait_s:.0f} s of queued work, more than "
+                f"{limit_s:g} s (SAFEGEN_MAX_QUEUE_WAIT_S); retry shortly",
+                retry_after_s=max(1, math.ceil(wait_s - limit_s)),
+            )
 
     async def _classify_one(
         self, batcher: Batcher[Pixels, np.ndarray], data: bytes
