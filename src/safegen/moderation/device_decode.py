@@ -15,7 +15,6 @@ is guarded and this module has only run against a stand-in decoder
 from __future__ import annotations
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +24,6 @@ from safegen.errors import ImageError, ModelUnavailable
 
 if TYPE_CHECKING:
     from safegen.moderation.backends import TorchBackend
-
-logger = logging.getLogger("safegen.moderation")
 
 NEEDS_TORCHVISION = (
     "SAFEGEN_DEVICE_DECODE=true needs torchvision (with nvjpeg for CUDA); "
