@@ -82,15 +82,36 @@ async def remote_call(response: Awaitable[T], fallback: SafegenError) -> T:
         raise domain_error(exc, fallback) from None
 
 
-class RemoteClassifier:
+class _Deployment:
+    """Calls to a deployment, and its readiness as those calls find it."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._ready = True
+
+    @property
+    def ready(self) -> bool:
+        """False after a call found no replica; true again after the next answered call."""
+        return self._ready
+
+    async def _call(self, response: Awaitable[T], fallback: SafegenError) -> T:
+        try:
+            result = await remote_call(response, fallback)
+        except NotReady:
+            self._ready = False
+            raise
+        self._ready = True
+        return result
+
+
+class RemoteClassifier(_Deployment):
     """A ``Classifier`` served by the classifier deployment (any of its replicas)."""
 
     def __init__(self, handle: Any, info: ClassifierInfo) -> None:
-        self._handle = handle
+        super().__init__(handle)
         self.model_name = info.model_name
         self.labels = list(info.labels)
         self._size = info.size
-        self._ready = True
 
     @classmethod
     async def connect(cls, handle: Any) -> RemoteClassifier:
@@ -99,11 +120,6 @@ class RemoteClassifier:
             handle.describe.remote(), NotReady("the classifier deployment did not answer")
         )
         return cls(handle, info)
-
-    @property
-    def ready(self) -> bool:
-        """False after a call found no replica; true again after the next answered call."""
-        return self._ready
 
     async def classify_bytes(self, items: list[bytes]) -> list[Score | SafegenError]:
         return await self._call(
@@ -118,27 +134,17 @@ class RemoteClassifier:
             self._handle.classify_image.remote(small), InferenceFailed("the classifier failed")
         )
 
-    async def _call(self, response: Awaitable[T], fallback: SafegenError) -> T:
-        try:
-            result = await remote_call(response, fallback)
-        except NotReady:
-            self._ready = False
-            raise
-        self._ready = True
-        return result
-
 
 def _to_model_input(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(resize_rgb(image, size))
 
 
-class RemoteGenerator:
+class RemoteGenerator(_Deployment):
     """A ``Generator`` served by the generator deployment. Its life cycle belongs to Ray."""
 
     def __init__(self, handle: Any, name: str) -> None:
-        self._handle = handle
+        super().__init__(handle)
         self.name = name
-        self._ready = True
 
     @classmethod
     async def connect(cls, handle: Any) -> RemoteGenerator:
@@ -147,10 +153,6 @@ class RemoteGenerator:
         )
         return cls(handle, name)
 
-    @property
-    def ready(self) -> bool:
-        return self._ready
-
     async def start(self) -> None:
         """Nothing to do: the replicas load and warm the model in their constructors."""
 
@@ -158,12 +160,7 @@ class RemoteGenerator:
         """Nothing to do: Serve stops the replicas."""
 
     async def generate(self, req: GenerationRequest) -> Image.Image:
-        try:
-            image: Image.Image = await remote_call(
-                self._handle.generate.remote(req), GenerationFailed("image generation failed")
-            )
-        except NotReady:
-            self._ready = False
-            raise
-        self._ready = True
+        image: Image.Image = await self._call(
+            self._handle.generate.remote(req), GenerationFailed("image generation failed")
+        )
         return image
