@@ -28,6 +28,7 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
 from tests.support.faultserver import fault_server, test_ca, tls_fault_server
+from tests.support.processes import stop_process
 
 __all__ = ["S3Endpoint", "fault_server", "moto_s3", "s3rver", "test_ca", "tls_fault_server"]
 
@@ -155,12 +156,7 @@ def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     try:
         yield S3Endpoint(f"http://127.0.0.1:{port}", bucket, "S3RVER", "S3RVER")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=5)
 
 
 @pytest.fixture(scope="session")

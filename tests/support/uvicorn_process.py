@@ -12,6 +12,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.processes import stop_process
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -49,9 +51,4 @@ def uvicorn_process(
             raise RuntimeError("uvicorn exited at start:\n" + "".join(lines[-30:]))
         yield f"http://127.0.0.1:{port}", port, lines
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, grace_s=10)
