@@ -23,14 +23,15 @@ import numpy as np
 import torch
 
 
-def linear_shapes(tokens: int) -> list[tuple[int, int, int]]:
-    """``(count, in, out)`` per linear layer kind in one ViT-B/16 forward of one image."""
+def vit_b16_linear_layers() -> tuple[int, list[tuple[int, int, int]]]:
+    """Tokens per image, and ``(count, in, out)`` per linear layer kind of one ViT-B/16 forward."""
     from transformers import ViTConfig
 
     cfg = ViTConfig()
+    tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1  # patches and the class token
     hidden, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     # query, key, value and attention output are hidden x hidden; then the two MLP layers
-    return [(4 * layers, hidden, hidden), (layers, hidden, inner), (layers, inner, hidden)]
+    return tokens, [(4 * layers, hidden, hidden), (layers, hidden, inner), (layers, inner, hidden)]
 
 
 def seconds_per_call(run: Callable[[], object], repeats: int) -> float:
@@ -92,9 +93,8 @@ def main() -> int:
     parser.add_argument("--naive", type=float, help="the baseline's images/s, for the multiple")
     args = parser.parse_args()
 
-    tokens = (224 // 16) ** 2 + 1
+    tokens, shapes = vit_b16_linear_layers()
     rows = args.batch * tokens
-    shapes = linear_shapes(tokens)
     flops_per_image = sum(2 * tokens * count * k * n for count, k, n in shapes)
     paths: dict[str, Callable[[int, int, int], Callable[[], object]]] = {
         "torch-fp32": torch_matmul(torch.float32),

@@ -201,9 +201,9 @@ class TorchBackend:
         count = len(pixels)
         with torch.inference_mode(), self._autocast():
             x = pixels.to(self.device, non_blocking=True)
-            if self._cuda and bucket_for(count) > count:
-                # pad to a bucket so shapes repeat; padding rows are sliced off below
-                x = torch.cat([x, x.new_zeros((bucket_for(count) - count, *x.shape[1:]))])
+            padding = bucket_for(count) - count if self._cuda else 0
+            if padding:  # pad to a bucket so shapes repeat; padding rows are sliced off below
+                x = torch.cat([x, x.new_zeros((padding, *x.shape[1:]))])
             x = x.permute(0, 3, 1, 2).float()
             x = (x * self._scale + self._shift).to(self._dtype)
             logits = self._model(pixel_values=x).logits
