@@ -81,7 +81,11 @@ def decode_for_model(
     scale (libjpeg's DCT scaling via ``draft``) no smaller than ``size``; this is the approximate
     path whose parity bound is tested against the transformers pipeline.
     """
-    image = open_checked(data, limits)
+    return pixels_for_model(open_checked(data, limits), size, fast=fast)
+
+
+def pixels_for_model(image: Image.Image, size: tuple[int, int], *, fast: bool) -> np.ndarray:
+    """``decode_for_model`` for an image ``open_checked`` has already opened."""
     if fast and image.format == "JPEG":
         image.draft("RGB", size)
     return resize_rgb(to_rgb(image), size)

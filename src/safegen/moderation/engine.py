@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from safegen.errors import ImageError, ModelUnavailable, NotReady, Overloaded, SafegenError
-from safegen.imaging import ImageLimits, decode_for_model, encode_jpeg, open_checked, resize_rgb
+from safegen.imaging import ImageLimits, encode_jpeg, open_checked, pixels_for_model, resize_rgb
 from safegen.metrics import Metrics
 from safegen.moderation.backends import Backend, TorchBackend, build_backend
 from safegen.moderation.batcher import Batcher
@@ -283,11 +283,11 @@ class ClassifierEngine:
         return self._score(probs)
 
     def _decode(self, data: bytes) -> Pixels:
-        if self._device_decoder is not None:  # header and limits here, pixels on the device
-            image = open_checked(data, self.config.limits)
-            if image.format == "JPEG" and image.mode in DEVICE_DECODE_MODES:
-                return EncodedJpeg(data)
-        return decode_for_model(data, self.config.limits, self.size, fast=self.config.fast_decode)
+        image = open_checked(data, self.config.limits)
+        device_jpeg = image.format == "JPEG" and image.mode in DEVICE_DECODE_MODES
+        if self._device_decoder is not None and device_jpeg:
+            return EncodedJpeg(data)  # header and limits checked; pixels decoded with the batch
+        return pixels_for_model(image, self.size, fast=self.config.fast_decode)
 
     def _require_batcher(self) -> Batcher[Pixels, np.ndarray]:
         if self._batcher is None or not self._ready:
