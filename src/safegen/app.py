@@ -20,7 +20,8 @@ from safegen.api.body_limit import BodySizeLimitMiddleware
 from safegen.api.errors import install_error_handlers
 from safegen.api.observability import ObservabilityMiddleware
 from safegen.api.ratelimit import RateLimiter
-from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy
+from safegen.delivery import UploadConfig, Uploader
+from safegen.egress import SystemResolver
 from safegen.errors import ModelUnavailable
 from safegen.generation.base import Generator
 from safegen.generation.upscale import build_upscaler
@@ -49,6 +50,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         torch_threads=settings.torch_threads,
         device_decode=settings.device_decode,
         inference_timeout_s=settings.inference_timeout_s,
+        decode_memory_bytes=settings.decode_memory_mb * 2**20,
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -85,21 +87,6 @@ def _ensure_available(model: str, kind: str, env_var: str, cache_dir: Path | Non
         download(source, cache_dir)  # a cache hit when present; works offline from the cache
     except ModelUnavailable:
         raise ModelUnavailable(missing_weights_message(model, kind, env_var)) from None
-
-
-def upload_config(settings: Settings) -> UploadConfig:
-    return UploadConfig(
-        backoff_s=tuple(settings.upload_backoff_s),
-        connect_timeout_s=settings.upload_connect_timeout_s,
-        read_timeout_s=settings.upload_timeout_s,
-        write_timeout_s=settings.upload_timeout_s,
-        policy=UploadTargetPolicy(
-            allowed_schemes=tuple(settings.upload_allowed_schemes),
-            allowed_hosts=tuple(settings.upload_allowed_hosts),
-            allow_private=settings.upload_allow_private,
-            allow_loopback=settings.upload_allow_loopback,
-        ),
-    )
 
 
 def build_rate_limiter(settings: Settings, metrics: Metrics) -> RateLimiter | None:
@@ -208,12 +195,12 @@ async def _start_generation(
     if upscaler is not None:
         await upscaler.start()
         stack.push_async_callback(upscaler.stop)
-    uploader = Uploader(upload_config(settings))
+    resolver = SystemResolver(settings.dns_threads, settings.dns_timeout_s)
+    stack.callback(resolver.close)
+    uploader = Uploader(UploadConfig.from_settings(settings), resolver)
     stack.push_async_callback(uploader.aclose)
     service = GenerateService(
-        generator, classifier, uploader,
-        GenerateConfig(jpeg_quality=settings.jpeg_quality, nsfw_timeout_s=settings.nsfw_timeout_s),
-        metrics, upscaler,
+        generator, classifier, uploader, GenerateConfig.from_settings(settings), metrics, upscaler,
     )
     stack.push_async_callback(service.drain, settings.shutdown_grace_s)
     return service

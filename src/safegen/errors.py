@@ -50,6 +50,12 @@ class Overloaded(SafegenError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyJobs(Overloaded):
+    """One client has as many jobs in flight as it may; the others are served (HTTP 429)."""
+
+    code = "too_many_jobs"
+
+
 class NotReady(SafegenError):
     """A component is not loaded, or the service is shutting down (HTTP 503)."""
 
@@ -74,7 +80,26 @@ class GenerationFailed(SafegenError):
     code = "generation_failed"
 
 
-class UploadTargetRejected(InvalidInput):
-    """The upload URL is not allowed: scheme, host, private address, expired (HTTP 422)."""
+class TargetRejected(InvalidInput):
+    """A URL the service would send bytes to or fetch from is not allowed: scheme, host, private
+    address, expired (HTTP 422). ``code`` names the purpose (``upload_target_rejected``...)."""
+
+    code = "target_rejected"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        if code is not None:
+            self.code = code
+
+
+class HostUnresolvable(TargetRejected):
+    """The host has no address right now (DNS failure or timeout). Unlike other rejections, worth
+    a retry."""
+
+    code = "host_unresolvable"
+
+
+class UploadTargetRejected(TargetRejected):
+    """A presigned upload URL that cannot be used: malformed signature parameters, expired."""
 
     code = "upload_target_rejected"

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from safegen.setting_values import parse_limit, parse_route_limits, parse_trusted_proxies
+
 DEFAULT_NSFW_MODEL = "Falconsai/nsfw_image_detection"
 
 CommaList = Annotated[list[str], NoDecode]
@@ -72,7 +74,16 @@ class Settings(BaseSettings):
         "none", description="hub id or local directory of a text-to-image pipeline; none: off"
     )
     generator_warmup_steps: int = Field(1, ge=0, le=50)
-    generator_max_pending: int = Field(16, ge=1, description="queued+running generations; then 503")
+    generator_max_pending: int = Field(
+        16, ge=1, description="/generate jobs in flight (queued, generating, scoring, uploading); "
+        "then 503"
+    )
+    max_jobs_per_key: int = Field(
+        8, ge=1, description="/generate jobs in flight per API key (or client address); then 429"
+    )
+    generate_max_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest /generate request body (a prompt and a URL)"
+    )
     upscaler: str = Field(
         "lanczos2x", description="lanczos2x (a resize), none, or a diffusion upscaler's hub id/dir"
     )
@@ -95,7 +106,26 @@ class Settings(BaseSettings):
         default_factory=lambda: [1.0, 2.0, 4.0], description="sleeps between attempts"
     )
     upload_connect_timeout_s: float = Field(5.0, gt=0)
-    upload_timeout_s: float = Field(30.0, gt=0, description="read/write timeout per attempt")
+    upload_timeout_s: float = Field(30.0, gt=0, description="longest wait for one read or write")
+    upload_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="ports uploads may use; empty: any"
+    )
+    upload_attempt_timeout_s: float = Field(
+        20.0, gt=0, description="one attempt, from waiting for a connection to the answer"
+    )
+    upload_deadline_s: float = Field(
+        60.0, gt=0, description="one upload, retries included (also capped by the URL's expiry)"
+    )
+    upload_max_per_host: int = Field(8, ge=1, description="uploads at once to one host")
+    upload_max_bytes: int = Field(32 * 1024 * 1024, ge=1, description="largest body uploaded")
+    upload_max_retry_after_s: float = Field(
+        8.0, ge=0, description="a longer Retry-After ends the upload instead of waiting"
+    )
+    upload_verify_etag: bool = Field(
+        True, description="compare S3's ETag with the MD5 sent; off for SSE-KMS buckets"
+    )
+    dns_timeout_s: float = Field(5.0, gt=0, le=60, description="one outbound host lookup")
+    dns_threads: int = Field(4, ge=1, le=64, description="threads for outbound host lookups")
     upload_default_headers: CommaList = Field(
         default_factory=list, description="'Name: value' headers the signer signed, sent always"
     )
@@ -120,17 +150,27 @@ class Settings(BaseSettings):
     trusted_proxies: CommaList = Field(
         default_factory=list, description="addresses/CIDRs whose X-Forwarded-For is believed"
     )
+    rate_limit_ipv6_prefix: int = Field(
+        64, ge=32, le=128,
+        description="IPv6 clients without a key share one budget per network of this prefix",
+    )
 
     # --- input limits ---------------------------------------------------------------------------
     max_files_per_request: int = Field(64, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_request_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    decode_memory_mb: int = Field(
+        512, ge=16,
+        description="decoded pixels held at once by all decode threads; an image needing more "
+        "than this alone is refused",
+    )
     allowed_formats: CommaList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
 
     _split_lists = field_validator(
         "allowed_formats", "upload_allowed_schemes", "upload_allowed_hosts", "upload_backoff_s",
-        "upload_default_headers", "api_keys", "trusted_proxies", mode="before",
+        "upload_default_headers", "upload_allowed_ports", "api_keys", "trusted_proxies",
+        mode="before",
     )(_split_commas)
 
     @field_validator("upload_backoff_s")
@@ -176,16 +216,12 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_routes", mode="before")
     @classmethod
     def _route_limits(cls, value: object) -> object:
-        from safegen.api.ratelimit import parse_route_limits
-
         return parse_route_limits(value) if isinstance(value, str | dict) else value
 
     @field_validator("rate_limit")
     @classmethod
     def _limit(cls, value: str) -> str:
         if value.strip():
-            from safegen.api.ratelimit import parse_limit
-
             parse_limit(value)
         return value.strip()
 
@@ -199,8 +235,6 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, values: list[str]) -> list[str]:
-        from safegen.api.client_address import parse_trusted_proxies
-
         parse_trusted_proxies(values)
         return values
 

@@ -1,9 +1,10 @@
 """Property-based fuzzing of presigned-URL surgery and the upload-target checks.
 
 Arbitrary text and URL-shaped strings go through ``split_url``, ``rename_object``, ``redact``,
-``expires_at`` and ``targets.check_url``. Properties: only ``SafegenError`` subclasses escape
-(``redact`` never raises at all); ``split_url`` round-trips; a rename keeps everything but the last
-path segment byte for byte, the query above all; ``redact`` never shows a signature's value.
+``expires_at`` and the egress policy's ``admit_url``. Properties: only ``SafegenError``
+subclasses escape (``redact`` never raises at all); ``split_url`` round-trips; a rename keeps
+everything but the last path segment byte for byte, the query above all; ``redact`` never shows a
+signature's value.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from safegen.delivery.presigned import (
     rename_object,
     split_url,
 )
-from safegen.delivery.targets import UploadTargetPolicy, check_url
+from safegen.egress import EgressPolicy, admit_url
 from safegen.errors import SafegenError, UploadTargetRejected
 from tests.fuzz import DERANDOMIZE, examples
 
@@ -143,7 +144,7 @@ def test_expires_at_returns_a_datetime_or_rejects(url: str, expiry: list[tuple[s
 
 
 POLICIES = st.builds(
-    UploadTargetPolicy,
+    EgressPolicy,
     allowed_schemes=st.sampled_from([("https",), ("http", "https")]),
     allowed_hosts=st.sampled_from([(), ("s3.example.com",), ("*.example.com",), ("[::1]",)]),
     allowed_ports=st.sampled_from([(), (443, 9000)]),
@@ -152,9 +153,11 @@ POLICIES = st.builds(
 
 @settings(FUZZ, max_examples=examples(500))
 @given(url=ANY_URL, policy=POLICIES)
-def test_check_url_accepts_only_what_it_can_describe(url: str, policy: UploadTargetPolicy) -> None:
+def test_admit_url_accepts_only_what_it_can_describe(url: str, policy: EgressPolicy) -> None:
     try:
-        scheme, host, port, host_header = check_url(url, policy)
+        target = admit_url(url, policy)
+        scheme, host, port = target.scheme, target.host, target.port
+        host_header = target.host_header
     except SafegenError as exc:
         message = exc.message
         assert message

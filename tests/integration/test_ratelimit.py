@@ -16,13 +16,8 @@ import pytest
 from fastapi import FastAPI, Response
 
 from safegen.api.errors import install_error_handlers
-from safegen.api.ratelimit import (
-    RateLimitDecision,
-    RateLimiter,
-    headers,
-    parse_limit,
-    parse_route_limits,
-)
+from safegen.api.ratelimit import RateLimitDecision, RateLimiter, headers
+from safegen.setting_values import parse_limit, parse_route_limits
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_process import uvicorn_process
 

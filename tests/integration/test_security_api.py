@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -61,12 +62,13 @@ async def test_sha256_digests_configure_keys_and_metrics_can_be_public(tiny_vit_
     assert accepted.status_code == 200
 
 
-async def test_secure_by_default_generates_a_key(tiny_vit_dir, capsys):
+async def test_secure_by_default_generates_a_key(tiny_vit_dir, capsys, caplog):
     settings = settings_for(tiny_vit_dir, api_keys=[])
     app = create_app(settings)
-    printed = capsys.readouterr().err
-    generated = next(line.strip() for line in printed.splitlines()
-                     if line.startswith("    ") and line.strip())
+    assert capsys.readouterr().err == ""  # not a terminal: the key goes to a private file
+    where = next(r.args[0] for r in caplog.records if "written to" in r.getMessage())
+    generated = Path(where).read_text().strip()
+    Path(where).unlink()
     async with running_app(app, headers={}) as client:
         assert (await client.post("/v1/classify", **classify_request())).status_code == 401
         ok = await client.post("/v1/classify", headers={"Authorization": f"Bearer {generated}"},

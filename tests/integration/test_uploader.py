@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -10,18 +11,17 @@ import time
 from email.parser import BytesParser
 from email.policy import HTTP
 
-import httpx
 import pytest
 
-from safegen.delivery import UploadConfig, Uploader, UploadTargetPolicy, content_md5_header
-from safegen.delivery.targets import IPAddress
-from safegen.errors import TooLarge, UploadTargetRejected
+from safegen.delivery import Uploader, content_md5_header
+from safegen.egress import EgressPolicy, IPAddress
+from safegen.errors import TargetRejected, TooLarge, UploadTargetRejected
 from tests.support.faultserver import FaultServer, Step
 from tests.support.tlscerts import TestCA
+from tests.support.uploads import make_uploader
 
 BODY = b"\xff\xd8\xff\xe0 not really a jpeg \x00\x01" * 100
 MD5 = hashlib.md5(BODY).hexdigest()
-LOOPBACK = UploadTargetPolicy(allowed_schemes=("http", "https"), allow_loopback=True)
 QUERY = "?AWSAccessKeyId=AKIDSECRETID&Signature=SeCrEt%2Bsig%3D&Expires={expires}"
 
 
@@ -46,10 +46,7 @@ def url_for(server: FaultServer, expires_in: float = 3600, now: float | None = N
 
 
 def uploader(fake: FakeTime | None = None, **config: object) -> Uploader:
-    settings = {"policy": LOOPBACK, **config}
-    if fake is None:
-        return Uploader(UploadConfig(**settings))  # type: ignore[arg-type]
-    return Uploader(UploadConfig(**settings), sleep=fake.sleep, clock=fake.clock)  # type: ignore[arg-type]
+    return make_uploader(fake, **config)
 
 
 @pytest.mark.slow  # waits the real 1 s + 2 s backoff
@@ -137,7 +134,7 @@ async def test_timeouts_are_retried_and_status_0_when_nothing_answers(
 ) -> None:
     fake = FakeTime()
     fault_server.script(Step(delay_s=2.0))
-    async with uploader(fake, read_timeout_s=0.2) as up:
+    async with uploader(fake, io_timeout_s=0.2) as up:
         result = await up.put(url_for(fault_server), BODY)
     assert not result.ok
     assert result.status == 0
@@ -149,7 +146,7 @@ async def test_timeouts_are_retried_and_status_0_when_nothing_answers(
 async def test_timeout_then_success(fault_server: FaultServer) -> None:
     fake = FakeTime()
     fault_server.script(Step(delay_s=2.0), Step(429), Step(200))
-    async with uploader(fake, read_timeout_s=0.2) as up:
+    async with uploader(fake, io_timeout_s=0.2) as up:
         result = await up.put(url_for(fault_server), BODY)
     assert result.ok
     assert [(a.status, a.error_kind) for a in result.attempts] == [
@@ -193,24 +190,19 @@ async def test_expired_url_is_not_sent(fault_server: FaultServer) -> None:
     async with uploader() as up:
         result = await up.put(url, BODY)
         with pytest.raises(UploadTargetRejected, match="expired"):
-            await up.check_target(url)
+            await up.prepare(url)
     assert (result.ok, result.status, result.attempts) == (False, 0, [])
     assert "expired" in result.reason
     assert fault_server.requests == []
 
 
-async def test_redirect_is_not_followed_even_by_a_following_client(
-    fault_server: FaultServer,
-) -> None:
+async def test_redirect_is_not_followed(fault_server: FaultServer) -> None:
     fault_server.script(Step(307, headers={"Location": f"{fault_server.url}/elsewhere"}))
-    client = httpx.AsyncClient(follow_redirects=True)
-    async with Uploader(UploadConfig(policy=LOOPBACK), client=client) as up:
+    async with uploader() as up:
         result = await up.put(url_for(fault_server), BODY)
     assert (result.ok, result.status, len(result.attempts)) == (False, 307, 1)
     assert "redirect" in result.reason
     assert [r.target.split("?")[0] for r in fault_server.requests] == ["/bucket/000/1.png"]
-    assert not client.is_closed  # the caller's client is the caller's to close
-    await client.aclose()
 
 
 async def test_retry_after_is_honoured_or_ends_retries(fault_server: FaultServer) -> None:
@@ -238,8 +230,8 @@ async def test_etag_mismatch_is_a_failure(fault_server: FaultServer) -> None:
 
 
 async def test_policy_rejection_and_size_limit_send_nothing(fault_server: FaultServer) -> None:
-    async with Uploader(UploadConfig(max_body_bytes=10)) as up:  # default policy: https, public
-        with pytest.raises(UploadTargetRejected):
+    async with uploader(max_body_bytes=10, policy=EgressPolicy()) as up:  # https, public only
+        with pytest.raises(TargetRejected):
             await up.put(url_for(fault_server).replace("http://", "https://"), b"x")
         with pytest.raises(TooLarge, match="10 bytes"):
             await up.put(url_for(fault_server), BODY)
@@ -286,16 +278,12 @@ async def test_tls_connects_to_the_checked_address_and_verifies_the_name(
         # Rebinding: a second lookup would answer the metadata address; there must be none.
         return [ipaddress.ip_address("127.0.0.1" if len(calls) == 1 else "169.254.169.254")]
 
-    client = httpx.AsyncClient(verify=test_ca.client_context())
-    fake = FakeTime()
-    up = Uploader(UploadConfig(policy=LOOPBACK), client=client, resolver=resolver,
-                  sleep=fake.sleep, clock=fake.clock)
     tls_fault_server.script(Step(503), Step(200))
-    result = await up.put(url_for(tls_fault_server), BODY)
+    async with make_uploader(FakeTime(), resolver=resolver, verify=test_ca.client_context()) as up:
+        result = await up.put(url_for(tls_fault_server), BODY)
     assert result.ok, result.reason
     assert calls == ["storage.test"]
     assert tls_fault_server.requests[0].headers["host"] == f"storage.test:{tls_fault_server.port}"
-    await client.aclose()
 
 
 async def test_tls_name_not_covered_by_the_certificate_fails_once(
@@ -305,14 +293,12 @@ async def test_tls_name_not_covered_by_the_certificate_fails_once(
         return [ipaddress.ip_address("127.0.0.1")]
 
     wrong = url_for(tls_fault_server).replace("storage.test", "other.test")
-    client = httpx.AsyncClient(verify=test_ca.client_context())
-    async with Uploader(UploadConfig(policy=LOOPBACK), client=client, resolver=resolver) as up:
+    async with make_uploader(resolver=resolver, verify=test_ca.client_context()) as up:
         result = await up.put(wrong, BODY)
     assert (result.ok, result.status, len(result.attempts)) == (False, 0, 1)
     assert result.attempts[0].error_kind == "tls_verification"
     assert "certificate" in result.reason
     assert tls_fault_server.requests == []
-    await client.aclose()
 
 
 async def test_dns_failure_is_retried_then_the_address_is_kept(fault_server: FaultServer) -> None:
@@ -324,11 +310,80 @@ async def test_dns_failure_is_retried_then_the_address_is_kept(fault_server: Fau
     fake = FakeTime()
     fault_server.script(Step(500), Step(200))
     url = url_for(fault_server).replace("127.0.0.1", "storage.test")
-    async with Uploader(UploadConfig(policy=LOOPBACK), resolver=flaky_resolver,
-                        sleep=fake.sleep, clock=fake.clock) as up:
+    async with make_uploader(fake, resolver=flaky_resolver) as up:
         result = await up.put(url, BODY)
     assert result.ok, result.reason
     assert [(a.status, a.error_kind) for a in result.attempts] == [
         (0, "dns"), (500, "http_status"), (200, None)
     ]
     assert fake.sleeps == [1.0, 2.0]
+
+
+async def test_a_connection_verified_for_one_name_is_never_used_for_another(
+    tls_fault_server: FaultServer, test_ca: TestCA
+) -> None:
+    # Both names resolve to the one address; the certificate covers storage.test only. A
+    # connection pooled by address would carry other.test's request (and its signature) over
+    # the storage.test connection without ever checking other.test's certificate.
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    async with make_uploader(resolver=resolver, verify=test_ca.client_context()) as up:
+        first = await up.put(url_for(tls_fault_server), BODY)
+        assert first.ok, first.reason
+        other = url_for(tls_fault_server).replace("storage.test", "other.test")
+        second = await up.put(other, BODY)
+    assert (second.ok, second.status) == (False, 0)
+    assert [a.error_kind for a in second.attempts] == ["tls_verification"]
+    assert [r.headers["host"].split(":")[0] for r in tls_fault_server.requests] == [
+        "storage.test"
+    ]
+
+
+async def test_a_trickling_storage_is_cut_off_by_the_attempt_timeout(
+    fault_server: FaultServer,
+) -> None:
+    # One byte every 0.2 s never trips a read timeout; only a deadline per attempt ends it.
+    fault_server.script(Step(500, body=b"<Error>" + b" " * 10_000, trickle_s=0.2))
+    async with uploader(FakeTime(), attempt_timeout_s=0.5, io_timeout_s=5,
+                        backoff_s=(1.0,)) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert not result.ok
+    assert [(a.status, a.error_kind) for a in result.attempts] == [(0, "attempt_timeout")] * 2
+    assert "SAFEGEN_UPLOAD_ATTEMPT_TIMEOUT_S" in result.reason
+
+
+async def test_retries_stop_at_the_upload_deadline(fault_server: FaultServer) -> None:
+    fake = FakeTime()
+    fault_server.script(Step(500))
+    async with make_uploader(fake, monotonic=fake.clock, deadline_s=2.5,
+                             backoff_s=(1.0, 2.0, 4.0)) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    # 1 s of backoff fits in 2.5 s; the next 2 s would end past the deadline: not waited for.
+    assert fake.sleeps == [1.0]
+    assert len(result.attempts) == 2
+    assert "SAFEGEN_UPLOAD_DEADLINE_S" in result.reason
+
+
+async def test_a_stalled_host_holds_only_its_own_slots(fault_server: FaultServer) -> None:
+    healthy = FaultServer(host_name="healthy.test")
+
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    fault_server.script(Step(200, body=b"x" * 1000, trickle_s=0.5))
+    stalled_url = url_for(fault_server).replace("127.0.0.1", "stalled.test")
+    try:
+        async with make_uploader(resolver=resolver, max_per_host=2, backoff_s=()) as up:
+            stuck = [asyncio.create_task(up.put(stalled_url, BODY)) for _ in range(6)]
+            while len(fault_server.requests) < 2:
+                await asyncio.sleep(0.01)  # polls the server's record, not a clock
+            result = await up.put(url_for(healthy), BODY)
+            assert result.ok, result.reason
+            # Six uploads were started; only max_per_host of them reached the stalled host.
+            assert len(fault_server.requests) == 2
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+    finally:
+        healthy.close()

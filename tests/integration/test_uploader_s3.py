@@ -14,21 +14,17 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from safegen.delivery import (
-    UploadConfig,
-    Uploader,
-    UploadTargetPolicy,
-    expires_at,
-    rename_object,
-)
+from safegen.delivery import Uploader, expires_at, rename_object
+from safegen.egress import EgressPolicy
 from safegen.errors import UploadTargetRejected
 from tests.support.s3servers import S3Endpoint
+from tests.support.uploads import make_uploader
 
 pytestmark = pytest.mark.slow  # starts node (s3rver) and moto
 
 BODY = bytes(range(256)) * 64  # 16 KiB of every byte value
 MD5 = hashlib.md5(BODY).hexdigest()
-LOOPBACK = UploadTargetPolicy(allowed_schemes=("http",), allow_loopback=True)
+LOOPBACK = EgressPolicy(allowed_schemes=("http",), allow_loopback=True)
 
 
 async def never_sleep(delay: float) -> None:
@@ -37,7 +33,7 @@ async def never_sleep(delay: float) -> None:
 
 @pytest.fixture
 async def up() -> AsyncIterator[Uploader]:
-    async with Uploader(UploadConfig(policy=LOOPBACK), sleep=never_sleep) as uploader:
+    async with make_uploader(policy=LOOPBACK, sleep=never_sleep) as uploader:
         yield uploader
 
 
@@ -102,13 +98,13 @@ async def test_s3rver_expired_url(s3rver: S3Endpoint) -> None:
     url = s3rver.presign_put("expired/1.png", expires_s=1)
     await asyncio.sleep(1.6)
     # Our own clock sees the expiry: nothing is sent and the check refuses it up front.
-    async with Uploader(UploadConfig(policy=LOOPBACK), sleep=never_sleep) as up:
+    async with make_uploader(policy=LOOPBACK, sleep=never_sleep) as up:
         with pytest.raises(UploadTargetRejected, match="expired"):
-            await up.check_target(url)
+            await up.prepare(url)
         result = await up.put(url, BODY)
     assert (result.ok, result.status, result.attempts) == (False, 0, [])
     # With a clock running late the request goes out, and the server refuses it: not retried.
-    late = Uploader(UploadConfig(policy=LOOPBACK), sleep=never_sleep, clock=lambda: 0.0)
+    late = make_uploader(policy=LOOPBACK, sleep=never_sleep, clock=lambda: 0.0)
     async with late:
         result = await late.put(url, BODY)
     assert (result.ok, result.status, len(result.attempts)) == (False, 403, 1)
@@ -118,7 +114,7 @@ async def test_s3rver_expired_url(s3rver: S3Endpoint) -> None:
 async def test_moto_renamed_key_put_succeeds_and_is_public(moto_s3: S3Endpoint) -> None:
     # moto checks no signature, like a gateway that signs a prefix: the document's flow works.
     url = rename_object(moto_s3.presign_put("aiu-character/000/1.png"), f"{MD5}.jpg")
-    async with Uploader(UploadConfig(policy=LOOPBACK), sleep=never_sleep) as up:
+    async with make_uploader(policy=LOOPBACK, sleep=never_sleep) as up:
         result = await up.put(url, BODY, {"x-amz-acl": "public-read"}, renamed=True)
     assert result.ok, result.reason
     assert result.status == 200
@@ -140,7 +136,7 @@ async def test_moto_presigned_post_with_key_prefix(moto_s3: S3Endpoint, public: 
         fields["acl"] = "public-read"
     post = moto_s3.presign_post(prefix + "${filename}", conditions=conditions, fields=fields)
     key = f"{prefix}{MD5}.jpg"
-    async with Uploader(UploadConfig(policy=LOOPBACK), sleep=never_sleep) as up:
+    async with make_uploader(policy=LOOPBACK, sleep=never_sleep) as up:
         result = await up.post_form(post["url"], post["fields"], key, BODY, f"{MD5}.jpg")
     assert result.ok, result.reason
     assert result.status in (200, 201, 204)

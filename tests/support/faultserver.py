@@ -29,6 +29,7 @@ class Step:
     body: bytes = b""
     delay_s: float = 0.0  # wait this long before answering
     drop: bool = False  # close the connection without any answer
+    trickle_s: float = 0.0  # send the body one byte per this many seconds (beats read timeouts)
 
 
 @dataclass(frozen=True)
@@ -126,9 +127,20 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(step.body)))
                 self.end_headers()
-                self.wfile.write(step.body)
+                if step.trickle_s:
+                    self._trickle(step)
+                else:
+                    self.wfile.write(step.body)
             except OSError:
                 self.close_connection = True  # the client gave up (timeout): nothing to do
+
+        def _trickle(self, step: Step) -> None:
+            self.close_connection = True
+            for index in range(len(step.body)):
+                self.wfile.write(step.body[index:index + 1])
+                self.wfile.flush()
+                if server.release.wait(step.trickle_s):
+                    return
 
         do_PUT = do_POST = do_GET = _handle  # noqa: N815 (http.server's naming)
 

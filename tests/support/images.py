@@ -48,6 +48,19 @@ def png_with_declared_size(width: int, height: int) -> bytes:
     )
 
 
+def one_bit_png(width: int, height: int) -> bytes:
+    """A real, valid 1-bit PNG of ``width`` x ``height`` black pixels: a few KB on the wire,
+    a byte a pixel (and three more for RGB) once decoded."""
+    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
 def decompression_bomb_png(side: int = 12_000) -> bytes:
     """A real, valid PNG of ``side`` x ``side`` black pixels that compresses to a few hundred KB."""
     row = b"\x00" + b"\x00" * side  # filter byte + one grey byte per pixel

@@ -242,12 +242,52 @@ def test_resolve_auth_with_keys_and_no_auth(tmp_path: Path) -> None:
         resolve_auth([], keys_file, no_auth=True)
 
 
-def test_generated_key_goes_to_the_stream_not_the_log(caplog: pytest.LogCaptureFixture) -> None:
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_generated_key_is_printed_on_a_terminal_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, generated = resolve_auth([], None, no_auth=False)
+    assert generated is not None
+    stream = Terminal()
+    with caplog.at_level(logging.DEBUG):
+        assert announce_generated_key(generated, stream) is None
+    assert generated in stream.getvalue()
+    assert caplog.records
+    assert all(generated not in record.getMessage() for record in caplog.records)
+
+
+def test_generated_key_off_a_terminal_goes_to_a_private_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Off a terminal stderr carries the JSON log lines to a collector: the key must not be there.
     _, generated = resolve_auth([], None, no_auth=False)
     assert generated is not None
     stream = io.StringIO()
     with caplog.at_level(logging.DEBUG):
-        announce_generated_key(generated, stream)
-    assert generated in stream.getvalue()
-    assert caplog.records
+        path = announce_generated_key(generated, stream, key_dir=tmp_path)
+    assert stream.getvalue() == ""
+    assert path is not None
+    assert path.parent == tmp_path
+    assert path.read_text().strip() == generated
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert any(str(path) in record.getMessage() for record in caplog.records)
     assert all(generated not in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True),
+                                              (0o644, True)])
+def test_readable_keys_file_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(PLAIN_KEY + "\n")
+    keys_file.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        ApiKeyAuth([], keys_file)
+    warnings = [r.getMessage() for r in caplog.records if "chmod 600" in r.getMessage()]
+    assert bool(warnings) is warned
+    assert all(PLAIN_KEY not in message for message in warnings)

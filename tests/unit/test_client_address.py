@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from safegen.api.client_address import client_ip, parse_trusted_proxies
+from safegen.api.client_address import client_ip
+from safegen.setting_values import parse_trusted_proxies
 
 PROXIES = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
 

@@ -18,6 +18,8 @@ from safegen.delivery.outcomes import (
     s3_error_code,
     transport_error_kind,
 )
+from safegen.settings import Settings
+from tests.support.uploads import upload_config
 
 MD5 = hashlib.md5(b"abc").hexdigest()
 
@@ -81,17 +83,19 @@ def test_content_md5_header() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"backoff_s": (1.0, -1.0)}, {"read_timeout_s": 0}, {"max_body_bytes": 0},
-     {"max_retry_after_s": -1}],
+    [{"backoff_s": (1.0, -1.0)}, {"io_timeout_s": 0}, {"attempt_timeout_s": 0},
+     {"deadline_s": 0}, {"max_body_bytes": 0}, {"max_retry_after_s": -1}, {"max_per_host": 0}],
 )
 def test_config_refuses_nonsense(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must"):
-        UploadConfig(**bad)  # type: ignore[arg-type]
+        upload_config(**bad)
 
 
 def test_config_defaults_follow_the_spec() -> None:
-    config = UploadConfig()
+    config = UploadConfig.from_settings(Settings())
     assert config.backoff_s == (1.0, 2.0, 4.0)
     assert config.policy.allowed_schemes == ("https",)
     assert not config.policy.allow_loopback
     assert not config.policy.allow_private
+    # Every attempt and every upload ends: a stalled storage cannot hold a job for ever.
+    assert 0 < config.attempt_timeout_s <= config.deadline_s

@@ -6,9 +6,10 @@ memory. A presented key is hashed and compared with ``hmac.compare_digest`` agai
 configured digest, without an early exit, so timing says nothing about which key (if any) matched.
 
 Secure by default: :func:`resolve_auth` refuses to run open unless ``no_auth`` is set explicitly;
-with no key configured it generates one, which the caller prints once to stderr (never to the log,
-see :func:`announce_generated_key`). Keys are never logged; the identity used for rate limiting and
-logs is a key id, the first 12 hex digits of the key's digest.
+with no key configured it generates one, which the caller hands to the operator once, on a terminal
+or in a file only they can read, never in the log (see :func:`announce_generated_key`). Keys are
+never logged; the identity used for rate limiting and logs is a key id, the first 12 hex digits of
+the key's digest.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -72,8 +75,14 @@ def _read_keys_file(path: Path) -> list[str]:
     """Digests from a keys file: one key or ``sha256:`` digest a line, ``#`` starts a comment."""
     try:
         text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
     except OSError as exc:
         raise ValueError(f"API keys file {path} cannot be read ({type(exc).__name__})") from None
+    if mode & 0o077:
+        logger.warning(
+            "API keys file %s can be read by its group or by others (mode %03o): "
+            "`chmod 600` it, or keep only sha256: digests in it", path, mode & 0o777,
+        )
     digests = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -140,8 +149,8 @@ def resolve_auth(
       since that contradiction is most likely a mistake).
     - keys or a keys file configured: ``(ApiKeyAuth(...), None)``.
     - nothing configured: a random key is generated and returned as ``generated_key``. The caller
-      must show it once on stderr with :func:`announce_generated_key` and never log it; it lives
-      only as long as the process.
+      must hand it over with :func:`announce_generated_key` and never log it; it lives only as
+      long as the process.
     """
     keys = list(keys)
     if no_auth:
@@ -155,17 +164,38 @@ def resolve_auth(
     return ApiKeyAuth([generated]), generated
 
 
-def announce_generated_key(key: str, stream: TextIO | None = None) -> None:
-    """Print a generated key once, to stderr (not the log: logs are shipped and kept)."""
+def announce_generated_key(
+    key: str, stream: TextIO | None = None, key_dir: Path | None = None
+) -> Path | None:
+    """Hand a generated key to the operator once, never through the log.
+
+    On a terminal it is printed. Otherwise stderr is most likely collected with the JSON log
+    lines (a container, a service manager), so the key goes to a new file readable by this user
+    only, in ``key_dir`` (default: the temporary directory), and the log says where. Returns that
+    file, or ``None`` when printed.
+    """
     stream = stream if stream is not None else sys.stderr
-    stream.write(
-        "\nsafegen: no API key configured (SAFEGEN_API_KEYS / SAFEGEN_API_KEYS_FILE), so one was\n"
-        "generated for this process only. Send it as 'Authorization: Bearer <key>':\n\n"
-        f"    {key}\n\n"
-        "Configure your own key (or its 'sha256:<hex>' digest) to keep a stable one.\n\n"
+    if stream.isatty():
+        stream.write(
+            "\nsafegen: no API key configured (SAFEGEN_API_KEYS / SAFEGEN_API_KEYS_FILE), so one "
+            "was\ngenerated for this process only. Send it as 'Authorization: Bearer <key>':\n\n"
+            f"    {key}\n\n"
+            "Configure your own key (or its 'sha256:<hex>' digest) to keep a stable one.\n\n"
+        )
+        stream.flush()
+        logger.warning("no API key configured: a temporary key was generated and printed")
+        return None
+    directory = key_dir if key_dir is not None else Path(tempfile.gettempdir())
+    path = directory / f"safegen-api-key-{os.getpid()}-{secrets.token_hex(4)}"
+    # O_EXCL: never write through a file or link someone else placed there.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(key + "\n")
+    logger.warning(
+        "no API key configured: a temporary key was generated and written to %s (mode 600; "
+        "configure SAFEGEN_API_KEYS or SAFEGEN_API_KEYS_FILE to keep a stable one)", path,
     )
-    stream.flush()
-    logger.warning("no API key configured: a temporary key was generated and printed to stderr")
+    return path
 
 
 # Declared for the OpenAPI schema only (the "Authorize" button); parsing is done by ApiKeyAuth.

@@ -6,12 +6,12 @@ import base64
 import binascii
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from safegen.api.auth import require_api_key
-from safegen.api.quota import charge
+from safegen.api.bodies import parse_json, read_body
+from safegen.api.quota import charge, precheck
 from safegen.api.schemas import (
     ClassifyJsonRequest,
     ClassifyResponse,
@@ -67,6 +67,9 @@ async def classify(request: Request, response: Response) -> ClassifyResponse:
     settings: Settings = request.app.state.settings
     classifier: Classifier = request.app.state.classifier
     content_type = request.headers.get("content-type", "")
+    # A client with no budget left is refused before its body is read; the request is charged
+    # by image once the count is known.
+    await precheck(request, "/v1/classify")
     if content_type.startswith("multipart/form-data"):
         uploads = await _read_multipart(request, settings)
     elif content_type.startswith("application/json"):
@@ -143,12 +146,8 @@ async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes | SafegenErr
 
 
 async def _read_json(request: Request, settings: Settings) -> list[Upload]:
-    try:
-        body = ClassifyJsonRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    raw = await read_body(request, settings.max_request_bytes, "SAFEGEN_MAX_REQUEST_BYTES")
+    body = await parse_json(raw, ClassifyJsonRequest)
     names = body.filenames or []
     if names and len(names) != len(body.images):
         raise InvalidInput("'filenames' must have one entry per image", field="filenames")

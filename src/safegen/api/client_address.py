@@ -9,28 +9,15 @@ the client. Entries further left were written by the client and are never used.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, cast
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from safegen.setting_values import IPNetwork, parse_trusted_proxies
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 UNKNOWN = "unknown"
-
-
-def parse_trusted_proxies(entries: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """Parse IPs and CIDRs (``10.0.0.0/8``, ``::1``); raise ``ValueError`` naming a bad entry."""
-    networks = []
-    for entry in entries:
-        text = entry.strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:
-            raise ValueError(f"trusted proxy {text!r} is not an IP address or CIDR") from None
-    return tuple(networks)
 
 
 _cached_networks = lru_cache(maxsize=32)(parse_trusted_proxies)

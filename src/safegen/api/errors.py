@@ -21,6 +21,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.SafegenError], int]] = [
     (errors.TooLarge, 413),
     (errors.ImageError, 400),
     (errors.InvalidInput, 422),
+    (errors.TooManyJobs, 429),
     (errors.Overloaded, 503),
     (errors.NotReady, 503),
     (errors.ModelUnavailable, 503),

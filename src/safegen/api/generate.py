@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from safegen.api.auth import require_api_key
-from safegen.api.quota import charge
+from safegen.api.bodies import parse_json, read_body
+from safegen.api.quota import charge, identity, precheck
 from safegen.api.schemas import ErrorBody, ErrorResponse
 from safegen.delivery.headers import is_header_name, is_header_value
 from safegen.errors import InvalidInput, NotReady
@@ -91,23 +92,30 @@ class GenerateFailure(BaseModel):
     "/generate",
     response_model=GenerateResponse,
     responses={
-        400: {"model": ErrorResponse, "description": "the body is not valid JSON"},
         401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
         422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
         500: {"model": ErrorResponse},
         502: {"model": GenerateFailure, "description": "generated, but the upload failed"},
         503: {"model": ErrorResponse},
     },
+    openapi_extra={"requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": GenerateBody.model_json_schema()}},
+    }},
     summary="Generate an image, score it for NSFW content and deliver it",
 )
-async def generate(body: GenerateBody, request: Request) -> Any:
+async def generate(request: Request) -> Any:
+    # The order is the defence: who is asking, are they within budget, then (and only then) the
+    # body, bounded to what a prompt and a URL need.
     service: GenerateService | None = request.app.state.generate_service
     if service is None:
         raise NotReady("image generation is disabled (SAFEGEN_GENERATOR_MODEL=none)")
-    job = build_job(body, request.app.state.settings)
+    settings: Settings = request.app.state.settings
+    await precheck(request, "/generate")
+    raw = await read_body(request, settings.generate_max_body_bytes,
+                          "SAFEGEN_GENERATE_MAX_BODY_BYTES")
+    job = build_job(await parse_json(raw, GenerateBody), settings, client=identity(request))
     quota_headers = await charge(request, "/generate")
-    if job.delivery is not None:
-        await service.check_delivery(job.delivery)
     outcome = await service.submit(job)
     response = render(outcome, request)
     response.headers.update(quota_headers)
@@ -118,7 +126,7 @@ async def generate(body: GenerateBody, request: Request) -> Any:
     return response
 
 
-def build_job(body: GenerateBody, settings: Settings) -> GenerateJob:
+def build_job(body: GenerateBody, settings: Settings, *, client: str = "") -> GenerateJob:
     """Check the request against the configured limits; every refusal names its field."""
     if len(body.prompt) > settings.max_prompt_chars:
         raise InvalidInput(
@@ -153,6 +161,7 @@ def build_job(body: GenerateBody, settings: Settings) -> GenerateJob:
         upscale=body.upscale,
         nsfw_check=body.enable_nsfw_check,
         delivery=_delivery(body, settings),
+        client=client,
     )
 
 

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from fastapi import HTTPException
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import STRATEGIES
 from limits.aio.strategies import RateLimiter as _Strategy
 from limits.storage import storage_from_string
+
+from safegen.setting_values import parse_limit
 
 logger = logging.getLogger(__name__)
 
@@ -70,39 +72,6 @@ class RateLimitDecision:
         return HTTPException(
             self.status_code, {"code": self.code, "message": self.message}, headers(self)
         )
-
-
-def parse_limit(text: str) -> RateLimitItem:
-    """Parse one limit such as ``600/minute`` or ``10 per second``; ``ValueError`` if invalid."""
-    try:
-        items = parse_many(text)
-    except ValueError:
-        raise ValueError(f"rate limit {text!r} is not like '600/minute'") from None
-    if len(items) != 1:
-        raise ValueError(f"rate limit {text!r}: give exactly one limit per route")
-    if items[0].amount < 1:
-        raise ValueError(f"rate limit {text!r}: the amount must be at least 1")
-    return items[0]
-
-
-def parse_route_limits(spec: str | Mapping[str, str]) -> dict[str, str]:
-    """``"/v1/classify=600/minute,/generate=30/minute"`` (or a mapping) -> validated dict."""
-    if isinstance(spec, Mapping):
-        pairs = [(str(route), str(limit)) for route, limit in spec.items()]
-    else:
-        pairs = []
-        for entry in filter(str.strip, spec.split(",")):
-            route, sep, limit = entry.partition("=")
-            if not sep:
-                raise ValueError(f"route rate limit {entry.strip()!r} is not 'route=limit'")
-            pairs.append((route, limit))
-    routes = {}
-    for route, limit in pairs:
-        if not route.strip():
-            raise ValueError("route rate limits: each entry needs a route before '='")
-        parse_limit(limit.strip())
-        routes[route.strip()] = limit.strip()
-    return routes
 
 
 def _limits_uri(uri: str) -> str:
@@ -185,6 +154,16 @@ class RateLimiter:
 
     async def hit(self, route: str, identity: str, cost: int = 1) -> RateLimitDecision:
         """Take ``cost`` units for ``identity`` on ``route`` if they are available."""
+        return await self._decide(route, identity, cost, take=True)
+
+    async def test(self, route: str, identity: str, cost: int = 1) -> RateLimitDecision:
+        """Whether ``cost`` units are available, taking none: the check made before a request's
+        body is read, so a client over its budget is refused before it costs anything."""
+        return await self._decide(route, identity, cost, take=False)
+
+    async def _decide(
+        self, route: str, identity: str, cost: int, *, take: bool
+    ) -> RateLimitDecision:
         if cost < 1:
             raise ValueError("cost must be at least 1")
         item = self.limit_for(route)
@@ -196,11 +175,16 @@ class RateLimiter:
             )
         try:
             allowed, reset, remaining = await asyncio.wait_for(
-                self._take(item, route, identity, cost), self._deadline_s
+                self._take(item, route, identity, cost, take), self._deadline_s
             )
         except Exception as exc:
             # Any storage failure (redis errors, OSError, our deadline) follows the policy: the
-            # limiter must never turn into a 500 or a hang.
+            # limiter must never turn into a 500 or a hang. Failing open, a test lets the request
+            # on to its charge, where the failure is logged and counted once.
+            if not take and self.fail_open:
+                return RateLimitDecision(
+                    True, item.amount, None, None, reason="storage_unavailable"
+                )
             return self._storage_failed(item, exc)
         reset_epoch = math.ceil(reset)
         if allowed:
@@ -214,9 +198,12 @@ class RateLimiter:
         )
 
     async def _take(
-        self, item: RateLimitItem, route: str, identity: str, cost: int
+        self, item: RateLimitItem, route: str, identity: str, cost: int, take: bool
     ) -> tuple[bool, float, int]:
-        allowed = await self._strategy.hit(item, route, identity, cost=cost)
+        if take:
+            allowed = await self._strategy.hit(item, route, identity, cost=cost)
+        else:
+            allowed = await self._strategy.test(item, route, identity, cost=cost)
         stats = await self._strategy.get_window_stats(item, route, identity)
         return allowed, stats.reset_time, max(0, int(stats.remaining))
 

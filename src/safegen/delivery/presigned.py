@@ -90,6 +90,15 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def is_sigv4(url: str) -> bool:
+    """Whether ``url`` is an AWS Signature Version 4 presigned URL (signs only listed headers)."""
+    try:
+        _, _, query, _ = split_url(url)
+    except UploadTargetRejected:
+        return False
+    return any(name.lower() == "x-amz-signature" for name, _ in _query_pairs(query))
+
+
 def _is_sensitive(name: str) -> bool:
     lowered = name.lower()
     return lowered in _SENSITIVE_EXACT or any(part in lowered for part in _SENSITIVE_PARTS)

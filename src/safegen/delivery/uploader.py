@@ -1,14 +1,17 @@
 """The uploader: PUT (or presigned POST) bytes to a client-chosen URL, with retries and checks.
 
-One ``httpx.AsyncClient`` is shared by all uploads. Each upload checks its target against the
-policy first, then connects to the address that was checked (DNS rebinding), retries only what may
-pass on a second try, never follows a redirect, and stops when the presigned URL runs out.
+Uploads go through one :class:`~safegen.egress.PinnedClient`: each target is checked against the
+policy and resolved once, connections go to the checked address only and are never shared between
+host names. Each attempt has a deadline (waiting for a connection included) and each upload has
+one too, capped by the presigned URL's expiry, so a storage that stalls cannot hold a job, its
+image or a connection for longer than the operator allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -16,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -24,13 +28,8 @@ from safegen.delivery import outcomes
 from safegen.delivery.config import UploadConfig
 from safegen.delivery.outcomes import AttemptRecord, UploadResult
 from safegen.delivery.presigned import expires_at, post_policy_expires_at, redact
-from safegen.delivery.targets import (
-    HostUnresolvable,
-    ResolvedTarget,
-    Resolver,
-    resolve_target,
-)
-from safegen.errors import TooLarge, UploadTargetRejected
+from safegen.egress import PinnedClient, ResolvedTarget, Resolver
+from safegen.errors import HostUnresolvable, TooLarge, UploadTargetRejected
 
 logger = logging.getLogger("safegen.delivery")
 
@@ -65,28 +64,30 @@ class _Upload:
 class Uploader:
     """Delivers bytes to presigned URLs. Use ``async with`` or call :meth:`aclose`.
 
-    ``client`` may be shared with other code and is then not closed here; if omitted, one is made
-    with the config's timeouts, no redirects and no proxies from the environment. ``sleep`` and
-    ``clock`` (wall-clock seconds, used for URL expiry) are injectable so tests need not wait.
+    ``resolver`` looks up host names (the service passes its shared
+    :class:`~safegen.egress.SystemResolver`); ``verify`` is httpx's TLS verification (tests pass
+    their CA). ``sleep``, ``clock`` (wall-clock seconds, for URL expiry) and ``monotonic`` (for
+    the upload deadline) are injectable so tests need not wait.
     """
 
     def __init__(
         self,
-        config: UploadConfig | None = None,
+        config: UploadConfig,
+        resolver: Resolver,
         *,
-        client: httpx.AsyncClient | None = None,
+        verify: Any = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
-        resolver: Resolver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config or UploadConfig()
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=self.config.timeout(), follow_redirects=False, trust_env=False
+        self.config = config
+        self._client = PinnedClient(
+            config.policy, resolver, timeout=config.timeout(),
+            max_per_host=config.max_per_host, verify=verify,
         )
         self._sleep = sleep
         self._clock = clock
-        self._resolver = resolver
+        self._monotonic = monotonic
 
     async def __aenter__(self) -> Uploader:
         return self
@@ -98,42 +99,44 @@ class Uploader:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this uploader made it."""
-        if self._owns_client:
-            await self._client.aclose()
+        await self._client.aclose()
 
-    async def check_target(self, url: str) -> ResolvedTarget:
-        """Refuse a URL before any work is done: policy, DNS, and expiry. Raises
-        :class:`UploadTargetRejected`."""
+    async def prepare(self, url: str) -> ResolvedTarget:
+        """Refuse a URL before any work is done (policy, DNS, expiry) and resolve it once.
+
+        Pass the result to :meth:`put` or :meth:`post_form` (with :func:`retarget` for a renamed
+        object). Raises :class:`~safegen.errors.TargetRejected`.
+        """
         expiry = expires_at(url)
         if expiry is not None and expiry.timestamp() <= self._clock():
             raise UploadTargetRejected(outcomes.expired_reason(expiry, before_retry=False))
-        return await resolve_target(url, self.config.policy, resolver=self._resolver)
+        return await self._client.resolve(url)
 
     async def put(
-        self, url: str, body: bytes, headers: Mapping[str, str] | None = None, *,
-        renamed: bool = False,
+        self, target: str | ResolvedTarget, body: bytes,
+        headers: Mapping[str, str] | None = None, *, renamed: bool = False,
     ) -> UploadResult:
-        """PUT ``body`` to ``url``. Sends no ``Content-Type`` unless ``headers`` has one.
+        """PUT ``body`` to ``target`` (a URL, or what :meth:`prepare` returned for it).
 
-        ``renamed`` says the caller changed the URL's object name, which sharpens the reason
-        given for a 403. Raises :class:`UploadTargetRejected` if the URL is not allowed and
-        :class:`TooLarge` for an oversized body; every other failure is in the result.
+        Sends no ``Content-Type`` unless ``headers`` has one. ``renamed`` says the caller changed
+        the URL's object name, which sharpens the reason given for a 403. Raises
+        :class:`~safegen.errors.TargetRejected` if the URL is not allowed and :class:`TooLarge`
+        for an oversized body; every other failure is in the result.
         """
         self._check_size(body)
-        # Host is ours to set: it must name the URL's host while we connect to the checked address.
-        extra = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
+        extra = dict(headers or {})
 
-        def build(target: ResolvedTarget) -> httpx.Request:
-            return self._request(target, "PUT", {**extra, "Host": target.host_header},
-                                 content=body)
+        def build(resolved: ResolvedTarget) -> httpx.Request:
+            return self._client.build_request(resolved, "PUT", headers=extra, content=body)
 
-        job = _Upload(url, url, _md5(body).hex(), expires_at(url), build,
-                      renamed=renamed, sent_headers=bool(extra))
+        url = _url_of(target)
+        job = _Upload(url, url, _md5(body).hex(), expires_at(url), build, renamed=renamed,
+                      sent_headers=bool(extra), target=_resolved(target))
         return await self._deliver(job)
 
     async def post_form(
-        self, url: str, fields: Mapping[str, str], key: str, body: bytes, filename: str
+        self, target: str | ResolvedTarget, fields: Mapping[str, str], key: str, body: bytes,
+        filename: str,
     ) -> UploadResult:
         """Upload with an S3 presigned POST: the policy ``fields``, then ``key``, then ``file``.
 
@@ -148,45 +151,44 @@ class Uploader:
         content_type = types[0] if types else "application/octet-stream"
         files = {"file": (filename, body, content_type)}
 
-        def build(target: ResolvedTarget) -> httpx.Request:
-            return self._request(target, "POST", {"Host": target.host_header}, data=form,
-                                 files=files)
+        def build(resolved: ResolvedTarget) -> httpx.Request:
+            return self._client.build_request(resolved, "POST", data=form, files=files)
 
+        url = _url_of(target)
         result_url = f"{url.split('?', 1)[0].rstrip('/')}/{quote(key, safe='/')}"
-        job = _Upload(url, result_url, _md5(body).hex(),
-                      post_policy_expires_at(dict(fields)), build, sent_headers=True)
+        job = _Upload(url, result_url, _md5(body).hex(), post_policy_expires_at(dict(fields)),
+                      build, sent_headers=True, target=_resolved(target))
         return await self._deliver(job)
 
     def _check_size(self, body: bytes) -> None:
         if len(body) > self.config.max_body_bytes:
-            raise TooLarge(f"upload body is larger than {self.config.max_body_bytes} bytes")
-
-    def _request(self, target: ResolvedTarget, method: str, headers: dict[str, str],
-                 **kwargs: object) -> httpx.Request:
-        extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
-        return self._client.build_request(
-            method, target.pinned_url(), headers=headers, timeout=self.config.timeout(),
-            extensions=extensions, **kwargs,  # type: ignore[arg-type]
-        )
+            raise TooLarge(
+                f"upload body is larger than {self.config.max_body_bytes} bytes "
+                "(SAFEGEN_UPLOAD_MAX_BYTES)"
+            )
 
     async def _deliver(self, job: _Upload) -> UploadResult:
-        started = time.monotonic()
-        result = await self._attempts(job)
-        result.elapsed_s = time.monotonic() - started
+        started = self._monotonic()
+        result = await self._attempts(job, started + self.config.deadline_s)
+        result.elapsed_s = self._monotonic() - started
         # The caller logs the outcome with its own context; this line is for debugging the uploader.
         logger.debug("upload %s: status=%s attempts=%d elapsed=%.2fs url=%s reason=%s",
             "ok" if result.ok else "failed", result.status, len(result.attempts),
             result.elapsed_s, redact(job.url), result.reason)
         return result
 
-    async def _attempts(self, job: _Upload) -> UploadResult:
+    async def _attempts(self, job: _Upload, deadline: float) -> UploadResult:
         result = UploadResult(ok=False, status=0, url=job.result_url)
         backoff = self.config.backoff_s
         for number in range(len(backoff) + 1):
             if job.expiry is not None and job.expiry.timestamp() <= self._clock():
                 result.reason = outcomes.expired_reason(job.expiry, before_retry=False)
                 return result
-            retryable, retry_after = await self._attempt(job, result)
+            left = deadline - self._monotonic()
+            if left <= 0:
+                result.reason = f"{result.reason}; {self._deadline_reason()}"
+                return result
+            retryable, retry_after = await self._bounded_attempt(job, result, left)
             if result.ok or not retryable or number == len(backoff):
                 return result
             delay = backoff[number]
@@ -198,13 +200,38 @@ class Uploader:
             if job.expiry is not None and job.expiry.timestamp() <= self._clock() + delay:
                 result.reason = outcomes.expired_reason(job.expiry, before_retry=True)
                 return result
+            if self._monotonic() + delay >= deadline:
+                result.reason = f"{result.reason}; {self._deadline_reason()}"
+                return result
             logger.debug("upload retry in %.1fs url=%s", delay, redact(job.url))
             await self._sleep(delay)
         return result
 
-    async def _attempt(self, job: _Upload, result: UploadResult) -> tuple[bool, float | None]:
-        """Make one attempt and record it in ``result``. Returns ``(retryable, retry_after)``."""
+    def _deadline_reason(self) -> str:
+        return (f"no time left for another attempt within the upload deadline of "
+                f"{self.config.deadline_s:g} s (SAFEGEN_UPLOAD_DEADLINE_S)")
+
+    async def _bounded_attempt(
+        self, job: _Upload, result: UploadResult, left_s: float
+    ) -> tuple[bool, float | None]:
+        """One attempt within its own timeout and what is left of the upload's deadline."""
+        limit = min(self.config.attempt_timeout_s, left_s)
         t0 = time.monotonic()
+        try:
+            return await asyncio.wait_for(self._attempt(job, result, t0), limit)
+        except asyncio.TimeoutError:
+            result.attempts.append(AttemptRecord(0, time.monotonic() - t0, "attempt_timeout"))
+            result.status = 0
+            result.reason = (
+                f"the storage did not answer attempt {len(result.attempts)} within {limit:g} s "
+                "(SAFEGEN_UPLOAD_ATTEMPT_TIMEOUT_S)"
+            )
+            return True, None
+
+    async def _attempt(
+        self, job: _Upload, result: UploadResult, t0: float
+    ) -> tuple[bool, float | None]:
+        """Make one attempt and record it in ``result``. Returns ``(retryable, retry_after)``."""
 
         def record(status: int, kind: str | None) -> None:
             result.attempts.append(AttemptRecord(status, time.monotonic() - t0, kind))
@@ -212,9 +239,7 @@ class Uploader:
         if job.target is None:
             try:
                 # Policy violations raise here, before the first byte is sent.
-                job.target = await resolve_target(
-                    job.url, self.config.policy, resolver=self._resolver
-                )
+                job.target = await self._client.resolve(job.url)
             except HostUnresolvable:
                 record(0, "dns")
                 result.reason = outcomes.describe_transport("dns", len(result.attempts))
@@ -226,11 +251,12 @@ class Uploader:
             result.reason = "the upload request could not be built: a header is not valid HTTP"
             return False, None
         try:
-            response = await self._client.send(request, stream=True, follow_redirects=False)
-            try:
-                head = await _read_head(response)
-            finally:
-                await response.aclose()
+            async with self._client.host_slot(job.target):
+                response = await self._client.send(job.target, request)
+                try:
+                    head = await _read_head(response)
+                finally:
+                    await response.aclose()
         except httpx.TransportError as exc:
             kind, retryable = outcomes.transport_error_kind(exc)
             record(0, kind)
@@ -257,6 +283,19 @@ class Uploader:
         )
         retry_after = outcomes.retry_after_s(response.headers.get("retry-after"), self._clock())
         return outcomes.is_retryable_status(status), retry_after
+
+
+def retarget(target: ResolvedTarget, url: str) -> ResolvedTarget:
+    """``target`` for another object on the same host (a renamed URL): no second lookup."""
+    return dataclasses.replace(target, url=url)
+
+
+def _url_of(target: str | ResolvedTarget) -> str:
+    return target if isinstance(target, str) else target.url
+
+
+def _resolved(target: str | ResolvedTarget) -> ResolvedTarget | None:
+    return None if isinstance(target, str) else target
 
 
 async def _read_head(response: httpx.Response) -> bytes:

@@ -22,7 +22,14 @@ import numpy as np
 from PIL import Image
 
 from safegen.errors import ImageError, ModelUnavailable, NotReady, Overloaded, SafegenError
-from safegen.imaging import ImageLimits, encode_jpeg, open_checked, pixels_for_model, resize_rgb
+from safegen.imaging import (
+    DecodeBudget,
+    ImageLimits,
+    encode_jpeg,
+    open_checked,
+    pixels_for_model,
+    resize_rgb,
+)
 from safegen.metrics import Metrics
 from safegen.moderation.backends import Backend, TorchBackend, build_backend
 from safegen.moderation.batcher import Batcher
@@ -87,6 +94,7 @@ class EngineConfig:
     inference_timeout_s: float = 30.0
     device_decode: bool = False  # JPEGs decoded on the model's device (torchvision)
     limits: ImageLimits = ImageLimits()
+    decode_memory_bytes: int = 512 * 2**20  # decoded pixels held at once by all decode threads
 
 
 class Classifier(Protocol):
@@ -118,6 +126,7 @@ class ClassifierEngine:
         # model runs (2 threads would cap a 16-core host at about 600 images/s).
         self.decode_threads = config.decode_threads or available_cpus()
         self._decode_pool = ThreadPoolExecutor(self.decode_threads, "safegen-decode")
+        self._decode_budget = DecodeBudget(config.decode_memory_bytes)
         self._model_thread = ThreadPoolExecutor(1, "safegen-model")
         self._device_decoder: DeviceDecoder | None = None
         self._model_time = ModelTimePerImage()  # for admission by expected wait
@@ -287,7 +296,9 @@ class ClassifierEngine:
         device_jpeg = image.format == "JPEG" and image.mode in DEVICE_DECODE_MODES
         if self._device_decoder is not None and device_jpeg:
             return EncodedJpeg(data)  # header and limits checked; pixels decoded with the batch
-        return pixels_for_model(image, self.size, fast=self.config.fast_decode)
+        return pixels_for_model(
+            image, self.size, fast=self.config.fast_decode, budget=self._decode_budget
+        )
 
     def _require_batcher(self) -> Batcher[Pixels, np.ndarray]:
         if self._batcher is None or not self._ready:

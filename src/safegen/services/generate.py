@@ -4,12 +4,19 @@ Once an image exists it is always delivered: the NSFW score never blocks the upl
 concurrently), a failed or slow check yields the fail-safe score 1.0, and a job keeps running to
 the end even when the client that asked for it goes away (``submit`` shields it and keeps a handle
 so shutdown can wait for it).
+
+Every job counts against the service's capacity from admission until its upload ends, whatever
+stage it is in, in total and per client: a client whose uploads stall fills its own share, not
+everyone's. The generated image is dropped as soon as it is encoded and scored; a job waiting on
+its upload holds only the JPEG.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -18,13 +25,23 @@ from typing import Literal
 
 from PIL import Image
 
-from safegen.delivery import Uploader, UploadResult, content_md5_header, redact, rename_object
-from safegen.errors import InvalidInput
+from safegen.delivery import (
+    Uploader,
+    UploadResult,
+    content_md5_header,
+    is_sigv4,
+    redact,
+    rename_object,
+    retarget,
+)
+from safegen.egress import ResolvedTarget
+from safegen.errors import InvalidInput, Overloaded, TooManyJobs
 from safegen.generation.base import GenerationRequest, Generator
 from safegen.generation.upscale import Upscaler
 from safegen.imaging import encode_jpeg, md5_hex
 from safegen.metrics import Metrics, status_class
 from safegen.moderation.engine import Classifier
+from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.generate")
 
@@ -40,6 +57,7 @@ class Delivery:
     mode: UploadMode = "rename"
     headers: Mapping[str, str] = field(default_factory=dict)
     post_fields: Mapping[str, str] = field(default_factory=dict)
+    target: ResolvedTarget | None = None  # ``url`` checked and resolved, once, at admission
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ class GenerateJob:
     upscale: bool = True
     nsfw_check: bool = True
     delivery: Delivery | None = None  # None: the JPEG is returned inline
+    client: str = ""  # who asked (API key id or address): the unit of the per-client job limit
 
 
 @dataclass
@@ -65,8 +84,20 @@ class GenerateOutcome:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    jpeg_quality: int = 90
-    nsfw_timeout_s: float = 5.0
+    """Values from :class:`~safegen.settings.Settings` (the one place defaults are written)."""
+
+    jpeg_quality: int
+    nsfw_timeout_s: float
+    max_jobs: int  # jobs in flight, any stage
+    max_jobs_per_client: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GenerateConfig:
+        return cls(
+            jpeg_quality=settings.jpeg_quality, nsfw_timeout_s=settings.nsfw_timeout_s,
+            max_jobs=settings.generator_max_pending,
+            max_jobs_per_client=settings.max_jobs_per_key,
+        )
 
 
 class GenerateService:
@@ -88,26 +119,66 @@ class GenerateService:
         self.config = config
         self.metrics = metrics
         self._jobs: set[asyncio.Task[GenerateOutcome]] = set()
+        self._admitted = 0  # jobs from admission to the end of their upload
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._last_job_s = 1.0  # for Retry-After when full
 
     @property
     def in_flight(self) -> int:
-        return len(self._jobs)
+        return self._admitted
 
-    async def check_delivery(self, delivery: Delivery) -> None:
-        """Refuse a bad target (policy, private address, expired) before any work is done."""
-        await self.uploader.check_target(delivery.url)
+    async def prepare_delivery(self, delivery: Delivery) -> Delivery:
+        """Refuse a bad target (policy, private address, expired) before any work is done, and
+        resolve it once: every attempt of the upload goes to the address checked here."""
         if delivery.mode == "post" and "key" not in {k.lower() for k in delivery.post_fields}:
             raise InvalidInput(
                 "presigned POST needs the policy's form fields, including 'key' (the prefix)",
                 field="s3_post_fields",
             )
+        target = await self.uploader.prepare(delivery.url)
+        return dataclasses.replace(delivery, target=target)
 
     async def submit(self, job: GenerateJob) -> GenerateOutcome:
-        """Run ``job``; if the caller is cancelled the job still finishes (and is logged)."""
+        """Admit ``job``, check its delivery target, then run it to the end.
+
+        Raises :class:`Overloaded` (503) when the service is full and :class:`TooManyJobs` (429)
+        when ``job.client`` has its share in flight, before any work. If the caller is cancelled
+        once the job runs, the job still finishes (and is logged).
+        """
+        self._admit(job.client)
+        try:
+            if job.delivery is not None:
+                job = dataclasses.replace(job, delivery=await self.prepare_delivery(job.delivery))
+        except BaseException:
+            self._release(job.client)
+            raise
         task = asyncio.create_task(self.run(job))
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
+        task.add_done_callback(lambda _: self._release(job.client))
         return await asyncio.shield(task)
+
+    def _admit(self, client: str) -> None:
+        # No await between the checks and the counts: admission is atomic on the event loop.
+        retry_after = max(1, round(self._last_job_s))
+        if self._admitted >= self.config.max_jobs:
+            raise Overloaded(
+                f"{self._admitted} generation jobs are in flight, the limit "
+                "(SAFEGEN_GENERATOR_MAX_PENDING)", retry_after_s=retry_after,
+            )
+        if self._per_client[client] >= self.config.max_jobs_per_client:
+            raise TooManyJobs(
+                f"this client has {self._per_client[client]} generation jobs in flight, the "
+                "limit (SAFEGEN_MAX_JOBS_PER_KEY)", retry_after_s=retry_after,
+            )
+        self._admitted += 1
+        self._per_client[client] += 1
+
+    def _release(self, client: str) -> None:
+        self._admitted -= 1
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
 
     async def drain(self, grace_s: float) -> None:
         """Wait up to ``grace_s`` for started jobs (their uploads included) to finish."""
@@ -123,6 +194,7 @@ class GenerateService:
         image_hash = md5_hex(jpeg)
         encoded = time.monotonic()
         score = asyncio.create_task(self._score(image)) if job.nsfw_check else None
+        del image  # the scoring task holds it until scored; the upload needs only the JPEG
         upload = (
             asyncio.create_task(self._deliver(job.delivery, jpeg, image_hash))
             if job.delivery is not None
@@ -139,6 +211,7 @@ class GenerateService:
             generate=generated - started, encode=encoded - generated,
             total=time.monotonic() - started,
         )
+        self._last_job_s = outcome.timings_s["total"]
         return outcome
 
     async def _generate(self, job: GenerateJob) -> Image.Image:
@@ -176,16 +249,18 @@ class GenerateService:
         if delivery.mode == "post":
             key = _post_key(delivery.post_fields, name)
             result = await self.uploader.post_form(
-                delivery.url, delivery.post_fields, key, jpeg, name
+                delivery.target or delivery.url, delivery.post_fields, key, jpeg, name
             )
         else:
             renamed = delivery.mode == "rename"
             url = rename_object(delivery.url, name) if renamed else delivery.url
-            if _is_sigv4(url) and not any(k.lower() == "content-md5" for k in headers):
+            # Same host, another object: the address checked at admission, no second lookup.
+            target = retarget(delivery.target, url) if delivery.target else url
+            if is_sigv4(url) and not any(k.lower() == "content-md5" for k in headers):
                 # SigV4 signs only the headers it lists, so Content-MD5 is safe and lets the
                 # storage refuse corrupted bytes. SigV2 signs it positionally: never add it there.
                 headers["Content-MD5"] = content_md5_header(jpeg)
-            result = await self.uploader.put(url, jpeg, headers, renamed=renamed)
+            result = await self.uploader.put(target, jpeg, headers, renamed=renamed)
         self._record_upload(result)
         level = logging.INFO if result.ok else logging.WARNING
         logger.log(
@@ -213,6 +288,3 @@ def _post_key(fields: Mapping[str, str], name: str) -> str:
         return prefix.replace("${filename}", name)
     return prefix + name
 
-
-def _is_sigv4(url: str) -> bool:
-    return "X-Amz-Signature=" in url or "x-amz-signature=" in url

@@ -1,4 +1,4 @@
-"""Upload-target checks: schemes, hosts, ports, userinfo, and every class of address."""
+"""Egress policy: schemes, hosts, ports, userinfo, and every class of address."""
 
 from __future__ import annotations
 
@@ -6,15 +6,11 @@ import ipaddress
 
 import pytest
 
-from safegen.delivery.targets import (
-    HostUnresolvable,
-    IPAddress,
-    UploadTargetPolicy,
-    address_class,
-    check_url,
-    resolve_target,
-)
-from safegen.errors import UploadTargetRejected
+from safegen.egress import EgressPolicy as UploadTargetPolicy
+from safegen.egress import IPAddress, address_class, admit_url, resolve_target
+from safegen.errors import HostUnresolvable
+from safegen.errors import TargetRejected as UploadTargetRejected
+from tests.support.uploads import resolve_locally as SYSTEM
 
 OPEN = UploadTargetPolicy()
 LOCAL = UploadTargetPolicy(allowed_schemes=("http", "https"), allow_loopback=True)
@@ -90,7 +86,7 @@ def test_address_classes(address: str, kind: str | None) -> None:
 )
 async def test_non_public_addresses_are_refused_by_default(url: str) -> None:
     with pytest.raises(UploadTargetRejected, match=r"address, which is not allowed|scheme"):
-        await resolve_target(url, OPEN)
+        await resolve_target(url, OPEN, SYSTEM)
 
 
 @pytest.mark.parametrize(
@@ -100,40 +96,36 @@ async def test_non_public_addresses_are_refused_by_default(url: str) -> None:
 async def test_legacy_ipv4_forms_are_refused(host: str) -> None:
     policy = UploadTargetPolicy(allow_loopback=True, allow_private=True)
     with pytest.raises(UploadTargetRejected, match="non-standard form"):
-        await resolve_target(f"https://{host}/b/1.png", policy)
+        await resolve_target(f"https://{host}/b/1.png", policy, SYSTEM)
 
 
 async def test_policy_flags_admit_only_their_class() -> None:
     loopback = UploadTargetPolicy(allow_loopback=True)
     private = UploadTargetPolicy(allow_private=True)
-    assert (await resolve_target("https://127.0.0.1/k", loopback)).address.is_loopback
-    assert (await resolve_target("https://[::1]:8443/k", loopback)).port == 8443
+    assert (await resolve_target("https://127.0.0.1/k", loopback, SYSTEM)).address.is_loopback
+    assert (await resolve_target("https://[::1]:8443/k", loopback, SYSTEM)).port == 8443
     with pytest.raises(UploadTargetRejected, match="private"):
-        await resolve_target("https://10.0.0.1/k", loopback)
-    assert str((await resolve_target("https://10.0.0.1/k", private)).address) == "10.0.0.1"
+        await resolve_target("https://10.0.0.1/k", loopback, SYSTEM)
+    assert str((await resolve_target("https://10.0.0.1/k", private, SYSTEM)).address) == "10.0.0.1"
     with pytest.raises(UploadTargetRejected, match="loopback"):
-        await resolve_target("https://127.0.0.1/k", private)
+        await resolve_target("https://127.0.0.1/k", private, SYSTEM)
     everything = UploadTargetPolicy(allow_loopback=True, allow_private=True)
     for url in ("https://169.254.169.254/", "https://224.0.0.1/", "https://0.0.0.0/"):
         with pytest.raises(UploadTargetRejected, match="not allowed"):
-            await resolve_target(url, everything)
+            await resolve_target(url, everything, SYSTEM)
 
 
 async def test_localhost_resolves_through_the_system_resolver() -> None:
-    target = await resolve_target("http://localhost:9/b/1.png?x=1", LOCAL)
+    target = await resolve_target("http://localhost:9/b/1.png?x=1", LOCAL, SYSTEM)
     assert target.address.is_loopback
     assert target.host == "localhost"
     assert target.host_header == "localhost:9"
-    assert target.pinned_url() == f"http://{_bracket(target.address)}:9/b/1.png?x=1"
-
-
-def _bracket(address: IPAddress) -> str:
-    return f"[{address}]" if address.version == 6 else str(address)
+    assert target.url == "http://localhost:9/b/1.png?x=1"
 
 
 async def test_unresolvable_host() -> None:
     with pytest.raises(HostUnresolvable, match="could not be resolved"):
-        await resolve_target("https://no-such-host.invalid/k", OPEN)
+        await resolve_target("https://no-such-host.invalid/k", OPEN, SYSTEM)
     with pytest.raises(HostUnresolvable):
         await resolve_target("https://example.com/k", OPEN, resolver=fixed())
 
@@ -146,20 +138,18 @@ async def test_every_resolved_address_must_be_allowed() -> None:
     url = "https://s3.example.com/b/1.png?Signature=a%2Bb"
     target = await resolve_target(url, OPEN, resolver=fixed("8.8.4.4", "8.8.8.8"))
     assert str(target.address) == "8.8.4.4"
-    assert target.pinned_url() == "https://8.8.4.4:443/b/1.png?Signature=a%2Bb"
-    assert target.sni_hostname == "s3.example.com"
-    assert target.host_header == "s3.example.com"
+    assert target.url == url  # the client connects to the address; TLS and Host use the name
+    assert (target.host, target.host_header) == ("s3.example.com", "s3.example.com")
 
 
-async def test_pinned_url_for_ipv6_and_ip_literals() -> None:
+async def test_ipv6_answers_and_ip_literals() -> None:
     target = await resolve_target(
         "https://store.example:8443/k?q", OPEN, resolver=fixed("2606:4700:4700::1111")
     )
-    assert target.pinned_url() == "https://[2606:4700:4700::1111]:8443/k?q"
-    assert target.host_header == "store.example:8443"
-    literal = await resolve_target("https://8.8.8.8/k", OPEN)
-    assert literal.is_ip_literal
-    assert literal.sni_hostname is None
+    assert str(target.address) == "2606:4700:4700::1111"
+    assert (target.port, target.host_header) == (8443, "store.example:8443")
+    literal = await resolve_target("https://8.8.8.8/k", OPEN, SYSTEM)
+    assert literal.ip_literal == literal.address
 
 
 @pytest.mark.parametrize(
@@ -190,15 +180,17 @@ async def test_pinned_url_for_ipv6_and_ip_literals() -> None:
 )
 def test_malformed_or_disallowed_urls(url: str, message: str) -> None:
     with pytest.raises(UploadTargetRejected, match=message):
-        check_url(url, OPEN)
+        admit_url(url, OPEN)
 
 
 def test_scheme_is_case_insensitive_and_ports_can_be_restricted() -> None:
-    assert check_url("HTTPS://Example.COM/k", OPEN)[:3] == ("https", "example.com", 443)
+    assert (lambda t: (t.scheme, t.host, t.port))(admit_url("HTTPS://Example.COM/k", OPEN)) == (
+        "https", "example.com", 443
+    )
     only_443 = UploadTargetPolicy(allowed_ports=(443,))
-    assert check_url("https://example.com:443/k", only_443)[2] == 443
+    assert admit_url("https://example.com:443/k", only_443).port == 443
     with pytest.raises(UploadTargetRejected, match="port 8443 is not allowed"):
-        check_url("https://example.com:8443/k", only_443)
+        admit_url("https://example.com:8443/k", only_443)
 
 
 @pytest.mark.parametrize(
@@ -220,10 +212,10 @@ def test_host_allowlist(host: str, allowed: bool) -> None:
     policy = UploadTargetPolicy(allowed_hosts=("*.example.com", "s3.amazonaws.com"))
     url = f"https://{host}/bucket/1.png"
     if allowed:
-        assert check_url(url, policy)[1] == host.lower().rstrip(".")
+        assert admit_url(url, policy).host == host.lower().rstrip(".")
     else:
         with pytest.raises(UploadTargetRejected, match="not in the allowed hosts"):
-            check_url(url, policy)
+            admit_url(url, policy)
 
 
 async def test_allowlist_is_checked_before_dns_and_does_not_bypass_address_checks() -> None:
@@ -236,4 +228,4 @@ async def test_allowlist_is_checked_before_dns_and_does_not_bypass_address_check
     with pytest.raises(UploadTargetRejected, match="private"):
         await resolve_target("https://s3.example.com/k", policy, resolver=fixed("192.168.0.5"))
     literal_policy = UploadTargetPolicy(allowed_hosts=("[::1]",), allow_loopback=True)
-    assert (await resolve_target("https://[::1]/k", literal_policy)).is_ip_literal
+    assert (await resolve_target("https://[::1]/k", literal_policy, SYSTEM)).ip_literal is not None
