@@ -3,9 +3,9 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,onnx,ray
+EXTRAS ?= dev,onnx,int8,ray
 
-.PHONY: install serve demo test test-fast lint bench clean
+.PHONY: install serve demo test test-fast lint bench k8s-render clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ lint: install
 
 bench: install
 	$(PY) bench/classify_throughput.py
+
+# Files derived from others: the PrometheusRule (alerts.yml) and the RayService (serve-cluster.yaml).
+k8s-render: install
+	$(PY) deploy/k8s/render.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

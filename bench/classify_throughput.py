@@ -8,9 +8,11 @@ the same 512x1024 JPEGs and the same load:
 (b) 2 concurrent clients sending 64-image requests, for ``--duration`` seconds;
 (c) idle: lone single-image requests, one at a time.
 
-Then, with both servers stopped, safegen's backend is built in-process and its raw forward pass
-timed at the batch sizes the server formed, so the table shows end-to-end throughput as a
-fraction of what the model alone can do. Run from the repository root:
+Then, with both servers stopped, safegen's backend is built in-process (the path the server chose:
+with ``auto`` the cached per-host choice) and its raw forward pass timed at the batch sizes the
+server formed, so the table shows end-to-end throughput as a fraction of what the model alone can
+do; and ``cpu_ceiling.py``'s GEMM ceiling of this host is measured, so every rate is also a
+fraction of the most the best kernel here allows. Run from the repository root:
 
     python bench/classify_throughput.py --backend onnx --precision int8 --duration 30
     python bench/classify_throughput.py --smoke      # tiny model, seconds (CI)
@@ -30,7 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "src"), str(REPO), str(REPO / "bench")]
 
-from loadgen import (  # noqa: E402  (after the path set-up above)
+from cpu_ceiling import best, ceilings  # noqa: E402  (after the path set-up above)
+from loadgen import (  # noqa: E402
     Result,
     Server,
     idle_latency,
@@ -39,13 +42,14 @@ from loadgen import (  # noqa: E402  (after the path set-up above)
     run_load,
     safegen_server,
 )
+from safegen.moderation.backends.registry import backend_names  # noqa: E402
 
 CLIENTS, BATCH_CLIENTS, BATCH_IMAGES = 16, 2, 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", *backend_names()])
     parser.add_argument("--precision", default="auto",
                         choices=["auto", "fp32", "bf16", "fp16", "int8"])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per scenario")
@@ -102,11 +106,18 @@ def raw_forward(model_dir: Path, cache_dir: Path, args: argparse.Namespace, imag
     import numpy as np
 
     from safegen.imaging import ImageLimits, decode_for_model
-    from safegen.moderation.backends import build_backend
     from safegen.moderation.loading import load_classifier
+    from safegen.moderation.path_choice import PathRequest, choose
+    from safegen.settings import Settings
 
+    defaults = Settings()
     loaded = load_classifier(str(model_dir), cache_dir)
-    backend = build_backend(loaded, args.backend, "auto", args.precision, cache_dir)
+    # The server's settings, so ``auto`` reads back the choice the server made (same host key).
+    backend, _ = choose(loaded, PathRequest(
+        backend=args.backend, precision=args.precision, device="auto", cache_dir=cache_dir,
+        max_drift=defaults.auto_max_drift, max_batch_size=defaults.max_batch_size,
+        tune_batch_size=defaults.auto_batch_size,
+    ))
     pixels = [decode_for_model(d, ImageLimits(), loaded.preprocessing.size, fast=True)
               for d in images]
     timings = {}
@@ -125,7 +136,7 @@ def raw_forward(model_dir: Path, cache_dir: Path, args: argparse.Namespace, imag
 
 
 def report(base: dict[str, Result], ours: dict[str, Result], path: str,
-           raw: dict[int, tuple[float, float]]) -> str:
+           raw: dict[int, tuple[float, float]], host: dict[str, float]) -> str:
     ms = 1000.0
     lines = [f"safegen path: {path}   (baseline: transformers pipeline, per request, async def)",
              f"{'scenario':<28}{'server':<9}{'img/s':>8}{'p50 ms':>9}{'p95 ms':>9}"
@@ -151,6 +162,13 @@ def report(base: dict[str, Result], ours: dict[str, Result], path: str,
         p50 = res.percentile(0.5)
         lines.append(f"  idle lone request p50 {label:<8} {p50 * ms:7.0f} ms = {p50 / one:.2f}x "
                      f"raw batch-1 forward ({one * ms:.0f} ms)")
+    kind = "int8" if path.endswith("-int8") else "float"
+    kernel, ceiling = best(host, kind)
+    lines.append(f"host ceiling ({kind} GEMMs alone, best kernel here: {kernel}): "
+                 f"{ceiling:.2f} img/s = {ceiling / base['a'].rate:.2f}x naive (a)")
+    for key, title in names.items():
+        lines.append(f"  {title:<34} naive {base[key].rate / ceiling:6.0%}  "
+                     f"safegen {ours[key].rate / ceiling:6.0%} of the ceiling")
     return "\n".join(lines)
 
 
@@ -174,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             ours = measure_server(server, images, args, args.profile)
     sizes = {1} | {max(1, round(r.batch_mean or 1)) for r in (ours["a"], ours["b"])}
     path, raw = raw_forward(model_dir, args.cache_dir, args, images, sizes)
+    host = ceilings(batch=1 if args.smoke else 16, repeats=1 if args.smoke else 3)
     print(f"cpu cores: {os.cpu_count()}; duration per scenario: {args.duration:.0f} s")
-    print(report(base, ours, path, raw))
+    print(report(base, ours, path, raw, host))
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from safegen import __version__
-from safegen.api import classify, generate, health
+from safegen.api import classify, console, generate, generations, health, info
 from safegen.api.auth import announce_generated_key, resolve_auth
 from safegen.api.body_limit import BodySizeLimitMiddleware
 from safegen.api.errors import install_error_handlers
@@ -26,6 +26,7 @@ from safegen.errors import ModelUnavailable
 from safegen.generation.base import Generator
 from safegen.generation.upscale import build_upscaler
 from safegen.imaging import ImageLimits
+from safegen.jobs.setup import start_jobs
 from safegen.metrics import Metrics
 from safegen.moderation.engine import Classifier, ClassifierEngine, EngineConfig
 from safegen.services.generate import GenerateConfig, GenerateService
@@ -49,6 +50,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         decode_threads=settings.decode_threads,
         torch_threads=settings.torch_threads,
         device_decode=settings.device_decode,
+        auto_max_drift=settings.auto_max_drift,
+        auto_batch_size=settings.auto_batch_size,
         inference_timeout_s=settings.inference_timeout_s,
         decode_memory_bytes=settings.decode_memory_mb * 2**20,
         limits=ImageLimits(
@@ -145,6 +148,9 @@ def create_app(
                 app.state.generate_service = await _start_generation(
                     stack, settings, engine, image_generator, metrics, owned=generator is None
                 )
+                app.state.jobs = await start_jobs(
+                    stack, settings, app.state.generate_service, metrics
+                )
             if rate_limiter is not None:
                 stack.push_async_callback(rate_limiter.close)
             metrics.ready.set(1)
@@ -159,11 +165,14 @@ def create_app(
         version=__version__,
         summary="NSFW image classification, and image generation with scoring and delivery",
         lifespan=lifespan,
+        docs_url=None,  # /docs comes from api/console.py, with local assets (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.classifier = engine
     app.state.generate_service = None
+    app.state.jobs = None
     app.state.auth = auth
     app.state.rate_limiter = rate_limiter
     app.state.stopping = False
@@ -180,6 +189,9 @@ def create_app(
     app.include_router(health.router)
     app.include_router(classify.router)
     app.include_router(generate.router)
+    app.include_router(info.router)
+    app.include_router(console.router)
+    app.include_router(generations.router)
     return app
 
 

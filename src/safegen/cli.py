@@ -109,7 +109,8 @@ def iter_images(paths: Sequence[Path], recursive: bool) -> Iterator[Path]:
 
 
 def classify(args: argparse.Namespace) -> int:
-    """Score local files with the same engine the server uses (batched, off the main thread)."""
+    """Score local files with the same engine the server uses (batched, off the main thread),
+    or with ``--server``, on a running server through the Python client."""
     from tqdm import tqdm
 
     from safegen.app import engine_config
@@ -119,6 +120,17 @@ def classify(args: argparse.Namespace) -> int:
     if not files:
         print("safegen: no image files found", file=sys.stderr)
         return 2
+    if args.server:
+        from safegen.remote_classify import classify_on_server
+
+        rows, stopped = classify_on_server(
+            files, args.server, quiet=args.quiet, concurrency=args.concurrency
+        )
+        if stopped:
+            print(f"safegen: {stopped}", file=sys.stderr)
+            if not rows:  # nothing was scored (a refused key, no server): no empty table
+                return 1
+        return _write_rows(rows, args.format) or (1 if stopped else 0)
     settings = _settings(nsfw_model=args.model)
 
     async def run() -> list[dict[str, object]]:
@@ -144,7 +156,12 @@ def classify(args: argparse.Namespace) -> int:
     except SafegenError as exc:
         print(f"safegen: {exc.message}", file=sys.stderr)
         return 1
-    if args.format == "json":
+    return _write_rows(rows, args.format)
+
+
+def _write_rows(rows: list[dict[str, object]], output_format: str) -> int:
+    """Print the rows; the exit status is 1 when any image could not be scored."""
+    if output_format == "json":
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
@@ -194,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--model", help="hub id or local directory (default: SAFEGEN_NSFW_MODEL)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--server", metavar="URL",
+                   help="score on a safegen server instead of locally (API key: SAFEGEN_API_KEY)")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="with --server: requests in flight at once (default 4)")
     p.set_defaults(func=classify)
 
     p = commands.add_parser(

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+JOB_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+WEBHOOK_OUTCOMES = ("delivered", "gone", "refused", "rejected", "exhausted")
 
 
 def status_class(status: int) -> str:
@@ -85,6 +87,37 @@ class Metrics:
             "Rate-limit checks whose storage could not be reached, by policy applied",
             ["policy"], registry=r,
         )
+        # asynchronous jobs and their webhooks
+        self.jobs_queue_depth = Gauge(
+            "safegen_jobs_queue_depth",
+            "Jobs waiting to start (the shared queue's, as seen by this process)", registry=r,
+        )
+        self.jobs = Counter(
+            "safegen_jobs_total", "Jobs finished, by final status", ["status"], registry=r
+        )
+        self.job_latency = Histogram(
+            "safegen_job_duration_seconds", "Job time from submission to its final status",
+            ["status"], buckets=JOB_BUCKETS, registry=r,
+        )
+        self.job_wait = Histogram(
+            "safegen_job_queue_wait_seconds", "Job time from submission to its start",
+            buckets=JOB_BUCKETS, registry=r,
+        )
+        self.jobs_reclaimed = Counter(
+            "safegen_jobs_reclaimed_total",
+            "Jobs taken over from a worker that stopped renewing its lease", registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "safegen_webhook_attempts_total", "Webhook attempts, by answer's status class",
+            ["status_class"], registry=r,
+        )
+        self.webhooks = Counter(
+            "safegen_webhooks_total",
+            "Webhook events, by final outcome (delivered|gone|refused|rejected|exhausted)",
+            ["outcome"], registry=r,
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome=outcome)
         for result in ("success", "failure"):
             self.uploads.labels(result=result)
         for reason in ("timeout", "error"):

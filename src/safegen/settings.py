@@ -40,8 +40,20 @@ class Settings(BaseSettings):
     nsfw_model: str = Field(DEFAULT_NSFW_MODEL, description="hub id or local directory")
     model_cache_dir: Path | None = Field(None, description="hub cache; default: HF_HOME's")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    backend: Literal["auto", "torch", "onnx"] = "auto"
+    backend: str = Field(
+        "auto", description="auto (measured at first start), or a backend: torch, onnx, openvino"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    auto_max_drift: float = Field(
+        1e-2, gt=0, le=1,
+        description="auto considers only paths whose stated parity bound (max |delta p| against "
+        "torch fp32) is within this; 1e-2 admits bf16, 5e-2 also int8",
+    )
+    auto_batch_size: bool = Field(
+        True,
+        description="the start-up measurement may lower max_batch_size to the batch size this "
+        "host runs fastest per image",
+    )
     fast_decode: bool = Field(
         True, description="JPEG draft decoding (faster, within the stated parity bound)"
     )
@@ -89,6 +101,9 @@ class Settings(BaseSettings):
     )
     jpeg_quality: int = Field(90, ge=1, le=100)
     nsfw_timeout_s: float = Field(5.0, gt=0, le=120)
+    nsfw_threshold: float = Field(
+        0.5, ge=0, le=1, description="an image is NSFW when its score is at or above this"
+    )
     max_prompt_chars: int = Field(2000, ge=1)
     min_image_side: int = Field(64, ge=8)
     max_image_side: int = Field(2048, ge=8)
@@ -130,6 +145,52 @@ class Settings(BaseSettings):
         default_factory=list, description="'Name: value' headers the signer signed, sent always"
     )
 
+    # --- asynchronous jobs (/v1/generations) and their webhooks --------------------------------
+    jobs_storage: str = Field(
+        "memory://",
+        description="memory:// (in-process queue, lost on restart) or redis[s]://host:port/db "
+        "(durable, shared by every replica)",
+    )
+    jobs_lease_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="a worker renews its claim on a job this often; a job whose worker stopped "
+        "renewing for this long is taken again by another worker",
+    )
+    jobs_max_attempts: int = Field(
+        3, ge=1, le=100, description="times a job is taken before it fails as 'worker lost'"
+    )
+    jobs_concurrency: int = Field(1, ge=1, le=64, description="jobs one process runs at once")
+    jobs_max_queued: int = Field(1000, ge=1, description="jobs waiting to start; then 503")
+    jobs_max_in_flight_per_key: int = Field(
+        32, ge=1, description="queued + running jobs of one API key; then 429"
+    )
+    jobs_max_result_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest job result kept (JSON, inline images too)"
+    )
+    jobs_result_ttl_s: float = Field(
+        86400.0, gt=0, description="how long a finished job (and its result) can be read"
+    )
+    webhook_secret: str = Field(
+        "", repr=False,
+        description="whsec_<base64> signing secret (Standard Webhooks); empty: no webhooks",
+    )
+    webhook_allowed_schemes: CommaList = Field(default_factory=lambda: ["https"])
+    webhook_allowed_hosts: CommaList = Field(
+        default_factory=list, description="host names or *.suffix patterns; empty: any public host"
+    )
+    webhook_allow_private: bool = False
+    webhook_allow_loopback: bool = False
+    webhook_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="DNS and connect")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300, description="read/write per attempt")
+    webhook_max_attempts: int = Field(8, ge=1, le=50)
+    webhook_backoff_base_s: float = Field(
+        1.0, ge=0, le=3600, description="wait before the 2nd attempt; doubles each time, jittered"
+    )
+    webhook_backoff_max_s: float = Field(
+        600.0, ge=0, le=86400, description="longest wait between attempts (Retry-After too)"
+    )
+    webhook_max_per_host: int = Field(8, ge=1, description="concurrent deliveries to one host")
+
     # --- security at the edge -----------------------------------------------------------------
     api_keys: CommaList = Field(
         default_factory=list, repr=False, description="keys or sha256:<hex> digests of keys"
@@ -170,8 +231,17 @@ class Settings(BaseSettings):
     _split_lists = field_validator(
         "allowed_formats", "upload_allowed_schemes", "upload_allowed_hosts", "upload_backoff_s",
         "upload_default_headers", "upload_allowed_ports", "api_keys", "trusted_proxies",
-        mode="before",
+        "webhook_allowed_schemes", "webhook_allowed_hosts", mode="before",
     )(_split_commas)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from safegen.moderation.backends.registry import backend_names  # imports no backend
+
+        if value != "auto" and value not in backend_names():
+            raise ValueError(f"use auto or one of: {', '.join(backend_names())}")
+        return value
 
     @field_validator("upload_backoff_s")
     @classmethod
@@ -180,13 +250,29 @@ class Settings(BaseSettings):
             raise ValueError("every backoff must be between 0 and 600 seconds")
         return values
 
-    @field_validator("upload_allowed_schemes")
+    @field_validator("upload_allowed_schemes", "webhook_allowed_schemes")
     @classmethod
     def _schemes(cls, values: list[str]) -> list[str]:
         lowered = [v.lower() for v in values]
         if not lowered or set(lowered) - {"http", "https"}:
-            raise ValueError("upload schemes must be a non-empty subset of http, https")
+            raise ValueError("schemes must be a non-empty subset of http, https")
         return lowered
+
+    @field_validator("jobs_storage")
+    @classmethod
+    def _jobs_storage(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("jobs_storage must be memory:// or redis[s]://host:port/db")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str) -> str:
+        if value:
+            from safegen.jobs.signing import parse_secret
+
+            parse_secret(value)  # raises ValueError naming the format, never echoing the value
+        return value
 
     @field_validator("upload_default_headers")
     @classmethod

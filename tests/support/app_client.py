@@ -27,6 +27,8 @@ def settings_for(model_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: the tiny model, one API key (sent by ``running_app``'s client)."""
     values: dict[str, object] = {
         "nsfw_model": str(model_dir), "max_batch_size": 8, "api_keys": [TEST_KEY],
+        # the batch cap the tests set, not one measured on this host at start
+        "auto_batch_size": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

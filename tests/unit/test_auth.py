@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import io
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -278,14 +279,27 @@ def test_generated_key_off_a_terminal_goes_to_a_private_file(
     assert all(generated not in record.getMessage() for record in caplog.records)
 
 
-@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True),
-                                              (0o644, True)])
-def test_readable_keys_file_is_warned_about(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+FOREIGN_GROUP = 54_321  # a group this process is not in
+
+
+@pytest.mark.parametrize(
+    ("mode", "foreign_group", "warned"),
+    [(0o600, False, False), (0o400, False, False), (0o640, False, False),
+     (0o440, True, True), (0o644, False, True), (0o604, False, True)],
+)
+def test_keys_file_readable_by_other_users_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, foreign_group: bool,
+    warned: bool,
 ) -> None:
+    # Group-readable is fine for the process's own group (how Kubernetes mounts a Secret with
+    # fsGroup); readable by a group it is not in, or by everyone, is a leak.
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text(PLAIN_KEY + "\n")
     keys_file.chmod(mode)
+    if foreign_group:
+        if os.getuid() != 0:
+            pytest.skip("changing a file's group to a foreign one needs root")
+        os.chown(keys_file, -1, FOREIGN_GROUP)
     with caplog.at_level(logging.WARNING):
         ApiKeyAuth([], keys_file)
     warnings = [r.getMessage() for r in caplog.records if "chmod 600" in r.getMessage()]

@@ -83,7 +83,7 @@ def fake_torchvision(monkeypatch: pytest.MonkeyPatch) -> FakeTorchvision:
 
 def engine_config(model_dir: Path, *, device_decode: bool, backend: str = "torch") -> EngineConfig:
     return EngineConfig(model=str(model_dir), device="cpu", backend=backend, precision="fp32",
-                        fast_decode=False, device_decode=device_decode)
+                        fast_decode=False, device_decode=device_decode, auto_batch_size=False)
 
 
 def rotated_jpeg() -> bytes:
@@ -138,6 +138,14 @@ async def test_needs_the_torch_backend(fake_torchvision, tiny_vit_dir, tmp_path)
     with pytest.raises(ModelUnavailable, match="needs the torch backend"):
         async with ClassifierEngine(config):
             pass
+
+
+async def test_auto_chooses_among_torch_paths_only(fake_torchvision, tiny_vit_dir, tmp_path):
+    """With device decoding on, ``auto`` must not measure its way to onnxruntime or OpenVINO."""
+    config = engine_config(tiny_vit_dir, device_decode=True, backend="auto")
+    config = EngineConfig(**{**config.__dict__, "cache_dir": tmp_path, "precision": "auto"})
+    async with ClassifierEngine(config) as engine:
+        assert engine.backend.name == "torch"
 
 
 def test_without_torchvision_start_fails_with_one_line(tiny_vit_dir, monkeypatch):

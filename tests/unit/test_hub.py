@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,3 +131,117 @@ def test_model_unavailable_picks_the_message_and_logs(
     # A local directory is never "not available offline", whatever the error.
     local = model_unavailable(str(tmp_path), kind="k", env_var="E", exc=OSError("missing"))
     assert local.message == load_failed_message(str(tmp_path), "k", "E")
+
+
+# --- a local model this process may not read (a volume filled by another user) ----------------
+
+# Imports first (this interpreter may live in root's home), then only the effective ids change:
+# what the process may open is decided by them, so that is what the check must look at.
+_RESOLVE_AS_OTHER_USER = """
+import json, os, sys
+from safegen.errors import ModelUnavailable
+from safegen.hub import resolve_model
+uid = int(sys.argv[2])
+if os.geteuid() != uid:
+    os.setegid(uid)
+    os.seteuid(uid)
+try:
+    print(json.dumps({"resolved": resolve_model(
+        sys.argv[1], kind="NSFW classifier", env_var="SAFEGEN_NSFW_MODEL", cache_dir=None)}))
+except ModelUnavailable as exc:
+    print(json.dumps({"error": exc.message}))
+"""
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may enter (pytest's tmp_path is private to its owner)."""
+    with tempfile.TemporaryDirectory(prefix="safegen-hub-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+def _unprivileged_uid() -> int:
+    # As root: a user that owns nothing here. Otherwise: ourselves (files are made unreadable to
+    # their owner as well, below).
+    return 65534 if os.geteuid() == 0 else os.geteuid()
+
+
+def _resolve_as(uid: int, model: Path) -> dict[str, str]:
+    completed = subprocess.run(
+        [sys.executable, "-c", _RESOLVE_AS_OTHER_USER, str(model), str(uid)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)
+
+
+def _saved_model(parent: Path) -> Path:
+    model = parent / "nsfw"
+    (model / "sub").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "sub/extra.json"):
+        (model / name).write_text("{}")
+    for path in (parent, model, model / "sub"):
+        path.chmod(0o755)
+    for name in ("config.json", "model.safetensors", "sub/extra.json"):
+        (model / name).chmod(0o644)
+    return model
+
+
+def test_readable_local_model_resolves_for_another_user(shared_dir: Path) -> None:
+    model = _saved_model(shared_dir)
+    assert _resolve_as(_unprivileged_uid(), model) == {"resolved": str(model.resolve())}
+
+
+@pytest.mark.parametrize("unreadable", ["model.safetensors", "sub/extra.json"])
+def test_unreadable_model_file_is_one_line_naming_file_and_user(
+    shared_dir: Path, unreadable: str
+) -> None:
+    model = _saved_model(shared_dir)
+    # What save_pretrained leaves behind: mode 600, owned by whoever wrote it (root here).
+    mode = 0o600 if os.geteuid() == 0 else 0o000
+    (model / unreadable).chmod(mode)
+    uid = _unprivileged_uid()
+
+    outcome = _resolve_as(uid, model)
+
+    assert "error" in outcome, outcome
+    message = outcome["error"]
+    assert "\n" not in message
+    assert message.startswith(f"NSFW classifier file {model / unreadable} is not readable by ")
+    assert f"(uid {uid})" in message
+    assert f"owner uid {os.geteuid()}, mode {mode:o}" in message
+    assert f"chmod -R a+rX {model}" in message
+    if os.geteuid() == 0:  # the files are root's: serving as root is never suggested
+        assert "run safegen as" not in message
+    else:
+        assert f"run safegen as uid {os.geteuid()}" in message
+    assert "No such file" not in message
+
+
+def test_unreadable_model_directory_and_closed_parent(shared_dir: Path) -> None:
+    uid = _unprivileged_uid()
+    model = _saved_model(shared_dir / "volume")
+    (model / "sub").chmod(0o700 if os.geteuid() == 0 else 0o000)
+    message = _resolve_as(uid, model)["error"]
+    assert message.startswith(f"NSFW classifier directory {model / 'sub'} is not readable by ")
+
+    (model / "sub").chmod(0o755)
+    model.parent.chmod(0o700 if os.geteuid() == 0 else 0o000)  # the model is behind a closed door
+    try:
+        message = _resolve_as(uid, model)["error"]
+    finally:
+        model.parent.chmod(0o755)
+    assert message.startswith(f"NSFW classifier directory {model.parent} is not readable by ")
+    assert f"chmod a+x {model.parent}" in message
+    assert "does not exist" not in message
+
+
+def test_hidden_folders_and_broken_links_are_left_to_the_loaders(shared_dir: Path) -> None:
+    model = _saved_model(shared_dir)
+    (model / ".cache").mkdir(mode=0o700)
+    (model / ".cache" / "lock").write_text("")
+    (model / "dangling.json").symlink_to(model / "absent.json")
+    if os.geteuid() != 0:
+        (model / ".cache").chmod(0o000)
+    assert _resolve_as(_unprivileged_uid(), model) == {"resolved": str(model.resolve())}

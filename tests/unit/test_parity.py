@@ -5,7 +5,7 @@ Bounds (max |delta p| over the test images), stated in the README:
 - fast JPEG decode (draft at reduced scale), fp32: 2e-2;
 - bf16 on CPU (default where the CPU has native bf16), exact decode: 1e-2;
 - onnxruntime fp32 (the CPU default where bf16 is not native), exact decode: 1e-4.
-Every backend path's own bound against torch fp32 is in ``PARITY_BOUNDS`` (test_backends.py).
+Every backend path's own bound against torch fp32 is in its ``SPEC`` (test_backends.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safegen.moderation.backends import PARITY_BOUNDS
+from safegen.moderation.backends.registry import parity_bound
 from safegen.moderation.engine import ClassifierEngine, EngineConfig
 from tests.support import images
 from tests.support.tiny_models import build_full_vit_b16
@@ -50,7 +50,7 @@ async def engine_scores(
     cache: Path | None = None,
 ) -> np.ndarray:
     config = EngineConfig(model=str(model_dir), fast_decode=fast, precision=precision,
-                          device="cpu", backend=backend, cache_dir=cache)
+                          device="cpu", backend=backend, cache_dir=cache, auto_batch_size=False)
     async with ClassifierEngine(config) as engine:
         results = await engine.classify_bytes(TEST_IMAGES)
     return np.array([[r.scores["normal"], r.scores["nsfw"]] for r in results])  # type: ignore[union-attr]
@@ -64,12 +64,15 @@ async def check_parity(model_dir: Path, cache: Path) -> dict[str, float]:
         "exact-bf16": await engine_scores(model_dir, fast=False, precision="bf16"),
         "exact-onnx-fp32": await engine_scores(model_dir, fast=False, precision="fp32",
                                                backend="onnx", cache=cache),
+        "exact-openvino-fp32": await engine_scores(model_dir, fast=False, precision="fp32",
+                                                   backend="openvino", cache=cache),
     }
     found = {name: float(np.abs(scores - reference).max()) for name, scores in drift.items()}
-    assert found["exact-fp32"] <= PARITY_BOUNDS["torch-fp32"], found
+    assert found["exact-fp32"] <= parity_bound("torch-fp32"), found
     assert found["fast-fp32"] <= FAST_DECODE_BOUND, found
-    assert found["exact-bf16"] <= PARITY_BOUNDS["torch-bf16"], found
-    assert found["exact-onnx-fp32"] <= PARITY_BOUNDS["onnx-fp32"], found
+    assert found["exact-bf16"] <= parity_bound("torch-bf16"), found
+    assert found["exact-onnx-fp32"] <= parity_bound("onnx-fp32"), found
+    assert found["exact-openvino-fp32"] <= parity_bound("openvino-fp32"), found
     return found
 
 

@@ -75,13 +75,13 @@ def _read_keys_file(path: Path) -> list[str]:
     """Digests from a keys file: one key or ``sha256:`` digest a line, ``#`` starts a comment."""
     try:
         text = path.read_text(encoding="utf-8")
-        mode = path.stat().st_mode
+        status = path.stat()
     except OSError as exc:
         raise ValueError(f"API keys file {path} cannot be read ({type(exc).__name__})") from None
-    if mode & 0o077:
+    if _readable_by_others(status):
         logger.warning(
-            "API keys file %s can be read by its group or by others (mode %03o): "
-            "`chmod 600` it, or keep only sha256: digests in it", path, mode & 0o777,
+            "API keys file %s can be read by other users (mode %03o, group %d): `chmod 600` "
+            "it, or keep only sha256: digests in it", path, status.st_mode & 0o777, status.st_gid,
         )
     digests = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -93,6 +93,15 @@ def _read_keys_file(path: Path) -> list[str]:
             raise ValueError(f"API keys file {path}, line {number}: text after the key")
         digests.append(_parse_entry(key, f"API keys file {path}, line {number}"))
     return digests
+
+
+def _readable_by_others(status: os.stat_result) -> bool:
+    """Readable by anyone but this process's user and groups. A group this process belongs to
+    is how orchestrators grant it a secret (Kubernetes' fsGroup, mode 0440): not a leak."""
+    if status.st_mode & 0o004:
+        return True
+    own_groups = {os.getgid(), *os.getgroups()}
+    return bool(status.st_mode & 0o040) and status.st_gid not in own_groups
 
 
 class ApiKeyAuth:

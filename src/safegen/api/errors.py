@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safegen import errors
+from safegen.jobs.errors import JobNotCancelable, JobNotFound
 
 logger = logging.getLogger("safegen.api")
 
@@ -21,6 +22,8 @@ STATUS_BY_ERROR: list[tuple[type[errors.SafegenError], int]] = [
     (errors.TooLarge, 413),
     (errors.ImageError, 400),
     (errors.InvalidInput, 422),
+    (JobNotFound, 404),
+    (JobNotCancelable, 409),
     (errors.TooManyJobs, 429),
     (errors.Overloaded, 503),
     (errors.NotReady, 503),

@@ -23,7 +23,7 @@ import numpy as np
 from safegen.errors import ImageError, ModelUnavailable
 
 if TYPE_CHECKING:
-    from safegen.moderation.backends import TorchBackend
+    from safegen.moderation.backends.torch_backend import TorchBackend
 
 NEEDS_TORCHVISION = (
     "SAFEGEN_DEVICE_DECODE=true needs torchvision (with nvjpeg for CUDA); "

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -31,7 +30,9 @@ from safegen.imaging import (
     resize_rgb,
 )
 from safegen.metrics import Metrics
-from safegen.moderation.backends import Backend, TorchBackend, build_backend
+from safegen.moderation import path_choice
+from safegen.moderation.backends.torch_backend import TorchBackend
+from safegen.moderation.base import Backend, Classifier, Score
 from safegen.moderation.batcher import Batcher
 from safegen.moderation.device_decode import (
     DEVICE_DECODE_MODES,
@@ -40,20 +41,14 @@ from safegen.moderation.device_decode import (
     predict_decoding_on_device,
 )
 from safegen.moderation.loading import LoadedClassifier, load_classifier
+from safegen.settings import Settings
+
+__all__ = ["Classifier", "ClassifierEngine", "EngineConfig", "Score"]  # contract re-exported
 
 # What the decode threads hand the batcher: decoded pixels, or a JPEG for the device to decode.
 Pixels = np.ndarray | EncodedJpeg
 
 logger = logging.getLogger("safegen.moderation")
-
-
-@dataclass(frozen=True)
-class Score:
-    """One image's classification."""
-
-    label: str
-    nsfw_score: float
-    scores: dict[str, float]
 
 
 def available_cpus() -> int:
@@ -77,6 +72,9 @@ class ModelTimePerImage:
         self.seconds = sample if previous is None else previous + self.WEIGHT * (sample - previous)
 
 
+_SETTING_DEFAULTS = Settings.model_fields  # new fields take their defaults from the one source
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model: str
@@ -93,22 +91,10 @@ class EngineConfig:
     torch_threads: int = 0
     inference_timeout_s: float = 30.0
     device_decode: bool = False  # JPEGs decoded on the model's device (torchvision)
+    auto_max_drift: float = _SETTING_DEFAULTS["auto_max_drift"].default
+    auto_batch_size: bool = _SETTING_DEFAULTS["auto_batch_size"].default
     limits: ImageLimits = ImageLimits()
     decode_memory_bytes: int = 512 * 2**20  # decoded pixels held at once by all decode threads
-
-
-class Classifier(Protocol):
-    """What the web layer needs from a classifier (in-process engine or a remote handle)."""
-
-    model_name: str
-    labels: list[str]
-
-    @property
-    def ready(self) -> bool: ...
-
-    async def classify_bytes(self, items: list[bytes]) -> list[Score | SafegenError]: ...
-
-    async def classify_image(self, image: Image.Image) -> Score: ...
 
 
 class ClassifierEngine:
@@ -131,6 +117,8 @@ class ClassifierEngine:
         self._device_decoder: DeviceDecoder | None = None
         self._model_time = ModelTimePerImage()  # for admission by expected wait
         self._batcher: Batcher[Pixels, np.ndarray] | None = None
+        self.max_batch_size = config.max_batch_size  # lowered by the start-up measurement
+        self.choice: path_choice.Choice | None = None
         self._ready = False
 
     @property
@@ -157,7 +145,7 @@ class ClassifierEngine:
         self._batcher = Batcher(
             self._predict,
             self._model_thread,
-            max_batch_size=self.config.max_batch_size,
+            max_batch_size=self.max_batch_size,
             max_wait_s=self.config.max_batch_wait_s,
             max_queue=self.config.max_queue_images,
             expected=lambda: self._decoding,
@@ -189,8 +177,15 @@ class ClassifierEngine:
             torch.set_num_threads(cfg.torch_threads)
         self._loaded = load_classifier(cfg.model, cfg.cache_dir)
         self.labels = self._loaded.labels
-        backend = build_backend(self._loaded, cfg.backend, cfg.device, cfg.precision,
-                                cfg.cache_dir)
+        # Device decoding hands torch tensors to the torch backend: auto chooses among its paths.
+        backend_name = "torch" if cfg.device_decode and cfg.backend == "auto" else cfg.backend
+        request = path_choice.PathRequest(
+            backend=backend_name, precision=cfg.precision, device=cfg.device,
+            cache_dir=cfg.cache_dir, max_drift=cfg.auto_max_drift,
+            max_batch_size=cfg.max_batch_size, tune_batch_size=cfg.auto_batch_size,
+        )
+        backend, self.choice = path_choice.choose(self._loaded, request)
+        self.max_batch_size = self.choice.batch_size
         if cfg.device_decode:
             if not isinstance(backend, TorchBackend):
                 raise ModelUnavailable(
@@ -202,7 +197,7 @@ class ClassifierEngine:
     def _warm_up(self) -> None:
         """Run the sizes we will serve once, so the first real request pays no one-off costs."""
         width, height = self.size
-        for n in sorted({1, self.config.max_batch_size}):
+        for n in sorted({1, self.max_batch_size}):
             started = time.monotonic()
             self._predict([np.zeros((height, width, 3), np.uint8)] * n)
         self._model_time.observe(n, time.monotonic() - started)  # the first estimate: full batch

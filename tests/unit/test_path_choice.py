@@ -1,0 +1,217 @@
+"""``auto`` by measurement: the fastest path and batch cap on this host, cached per host, logged
+with the figures that decided it, and awaited by readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from safegen.moderation import path_choice
+from safegen.moderation.backends import registry
+from safegen.moderation.backends.registry import InferencePath
+from safegen.moderation.engine import ClassifierEngine, EngineConfig
+from safegen.moderation.loading import LoadedClassifier, load_classifier
+from tests.support import images
+
+P = InferencePath
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_vit_dir: Path) -> LoadedClassifier:
+    return load_classifier(str(tiny_vit_dir))
+
+
+def request(cache_dir: Path, **overrides: object) -> path_choice.PathRequest:
+    values: dict[str, object] = {
+        "backend": "auto", "precision": "auto", "device": "cpu", "cache_dir": cache_dir,
+        "max_drift": 1e-2, "max_batch_size": 8, "tune_batch_size": True,
+    }
+    values.update(overrides)
+    return path_choice.PathRequest(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("exports")
+
+
+@pytest.fixture
+def cache_dir(exports: Path) -> Path:
+    """A cache dir with no choice in it; exports are shared (each costs seconds to build)."""
+    shutil.rmtree(exports / "safegen-choices", ignore_errors=True)
+    return exports
+
+
+@pytest.fixture
+def timings(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Stand-in figures: a path's first timing gives ``rates[path]`` (img/s at the probe batch),
+    later ones ``by_size[batch]``; ``calls`` records each (path, batch). Backends are real."""
+    state: dict[str, Any] = {"rates": {}, "by_size": {}, "calls": []}
+
+    def fake(backend: Any, batch: np.ndarray, best_so_far: float = 0.0) -> float:
+        path = f"{backend.name}-{backend.precision}"
+        first = path not in [done for done, _ in state["calls"]]
+        state["calls"].append((path, len(batch)))
+        if first and path in state["rates"]:
+            return float(state["rates"][path])
+        return float(state["by_size"].get(len(batch), 1.0))
+
+    monkeypatch.setattr(path_choice, "images_per_second", fake)
+    return state
+
+
+def test_fastest_path_wins_ties_go_to_the_more_exact():
+    assert path_choice.pick_path({P("torch", "fp32"): 5.0, P("openvino", "bf16"): 19.1,
+                                  P("torch", "bf16"): 15.8}) == P("openvino", "bf16")
+    # within 3% is noise: the smaller parity bound wins
+    assert path_choice.pick_path({P("onnx", "fp32"): 10.0, P("torch", "bf16"): 10.2}) == P(
+        "onnx", "fp32")
+
+
+def test_batch_cap_is_the_fastest_per_image_ties_to_the_bigger():
+    # the issue's host: 15.0 img/s at batch 8, 12.6 at batch 29-32
+    assert path_choice.pick_batch_size({4: 13.9, 8: 15.0, 16: 14.1, 32: 12.6}) == 8
+    assert path_choice.pick_batch_size({8: 100.0, 16: 101.0, 32: 99.5}) == 32  # GPU-like
+
+
+def test_measurement_picks_the_fastest_caches_it_and_logs_the_figures(
+    tiny_loaded, cache_dir, timings, caplog
+):
+    timings["rates"] = {"torch-fp32": 10.0, "onnx-fp32": 30.0, "openvino-fp32": 20.0}
+    timings["by_size"] = {8: 30.0, 16: 31.5, 4: 25.0}
+    caplog.set_level(logging.INFO, logger="safegen.moderation")
+    paths = registry.candidates("auto", "auto", "cpu", 1e-2)
+    backend, choice = path_choice.choose(tiny_loaded, request(cache_dir, max_batch_size=16))
+    assert (backend.name, backend.precision) == ("onnx", "fp32")
+    assert choice.source == "measured"
+    assert choice.path == "onnx-fp32"
+    assert choice.batch_size == 16
+    assert set(choice.path_rates) == {str(p) for p in paths}
+    measured = [path for path, size in timings["calls"] if size == 8]
+    assert set(measured) >= {str(p) for p in paths}  # every candidate timed at the probe batch
+    logged = [r for r in caplog.records if "chosen by measurement" in r.getMessage()]
+    assert len(logged) == 1
+    message = logged[0].getMessage()
+    assert "onnx-fp32, batch cap 16" in message
+    assert "torch-fp32 10" in message  # the figures that decided it
+    assert "16: 31.5" in message
+    entries = list((cache_dir / "safegen-choices").glob("choice-*.json"))
+    assert len(entries) == 1
+    stored = json.loads(entries[0].read_text())
+    assert stored["choice"]["path"] == "onnx-fp32"
+    assert stored["facts"]["candidates"] == [str(p) for p in paths]
+
+    # A second start on the same host reads the choice back: nothing is timed again.
+    timings["calls"] = []
+    backend, again = path_choice.choose(tiny_loaded, request(cache_dir, max_batch_size=16))
+    assert timings["calls"] == []
+    assert again.source == "cached"
+    assert (again.path, again.batch_size) == ("onnx-fp32", 16)
+    assert backend.name == "onnx"
+    assert "cached" in caplog.records[-1].getMessage()
+
+
+def test_a_change_of_host_facts_measures_again(tiny_loaded, cache_dir, timings):
+    import torch
+
+    path_choice.choose(tiny_loaded, request(cache_dir))
+    threads = torch.get_num_threads()
+    timings["calls"] = []
+    torch.set_num_threads(1 if threads > 1 else 2)  # another thread count: another host
+    try:
+        _, choice = path_choice.choose(tiny_loaded, request(cache_dir))
+    finally:
+        torch.set_num_threads(threads)
+    assert choice.source == "measured"
+    assert timings["calls"]
+    assert len(list((cache_dir / "safegen-choices").glob("choice-*.json"))) == 2
+
+
+def test_unreadable_cached_choice_is_measured_again(tiny_loaded, cache_dir, timings, caplog):
+    path_choice.choose(tiny_loaded, request(cache_dir))
+    (entry,) = (cache_dir / "safegen-choices").glob("choice-*.json")
+    entry.write_text('{"key": ')  # a torn write
+    timings["calls"] = []
+    _, choice = path_choice.choose(tiny_loaded, request(cache_dir))
+    assert choice.source == "measured"
+    assert "unreadable" in caplog.text
+    assert json.loads(entry.read_text())["choice"]["path"] == choice.path
+
+
+def test_a_path_named_by_the_settings_is_not_measured(tiny_loaded, cache_dir, timings):
+    backend, choice = path_choice.choose(
+        tiny_loaded,
+        request(cache_dir, backend="torch", precision="fp32", tune_batch_size=False),
+    )
+    assert (backend.name, backend.precision) == ("torch", "fp32")
+    assert choice.source == "settings"
+    assert choice.batch_size == 8
+    assert timings["calls"] == []
+    assert not (cache_dir / "safegen-choices").exists()
+
+
+def test_a_named_path_still_gets_its_batch_cap_measured(tiny_loaded, cache_dir, timings):
+    timings["by_size"] = {8: 20.0, 4: 24.0, 2: 22.0}
+    _, choice = path_choice.choose(
+        tiny_loaded, request(cache_dir, backend="torch", precision="fp32")
+    )
+    assert choice.source == "measured"
+    assert choice.path_rates == {}  # one path: nothing to compare
+    assert choice.batch_size == 4
+
+
+def test_real_measurement_on_the_tiny_model(tiny_loaded, cache_dir):
+    """No stand-ins: every candidate really runs, and the figures are real rates."""
+    _, choice = path_choice.choose(tiny_loaded, request(cache_dir))
+    assert choice.path in choice.path_rates
+    assert choice.path_rates[choice.path] == max(choice.path_rates.values()) or (
+        choice.path_rates[choice.path] >= (1 - path_choice.TIE) * max(choice.path_rates.values())
+    )
+    assert all(rate > 0 for rate in choice.path_rates.values())
+    assert choice.batch_size in choice.batch_rates
+    assert 1 <= choice.batch_size <= 8
+
+
+async def test_engine_is_ready_only_after_the_choice_and_batches_within_its_cap(
+    tiny_vit_dir, cache_dir, timings
+):
+    timings["by_size"] = {8: 20.0, 4: 24.0, 2: 21.0}
+    config = EngineConfig(model=str(tiny_vit_dir), device="cpu", backend="torch",
+                          precision="fp32", cache_dir=cache_dir, max_batch_size=8,
+                          max_batch_wait_s=0.05)
+    engine = ClassifierEngine(config)
+    sizes: list[int] = []
+    engine.metrics.batch_size.observe = sizes.append  # type: ignore[method-assign]
+    starting = asyncio.create_task(engine.start())
+    await asyncio.sleep(0)
+    assert not engine.ready
+    await starting
+    try:
+        assert engine.ready
+        assert engine.choice is not None
+        assert engine.choice.batch_size == 4
+        assert engine.max_batch_size == 4
+        payloads = [images.jpeg(i, (64, 64)) for i in range(12)]
+        results = await asyncio.gather(*(engine.classify_bytes([p]) for p in payloads))
+        assert all(not isinstance(r[0], Exception) for r in results)
+    finally:
+        await engine.stop()
+    assert sum(sizes) == 12
+    assert max(sizes) <= 4
+
+
+def test_batch_sizes_are_timed_with_that_many_images(tiny_loaded, cache_dir, timings):
+    """The sweep times real batches of each size, up to the configured cap."""
+    timings["by_size"] = {s: float(s) for s in (1, 2, 4, 8, 16, 32, 48)}
+    _, choice = path_choice.choose(tiny_loaded, request(cache_dir, max_batch_size=48))
+    assert choice.batch_size == 48
+    sizes = {size for _, size in timings["calls"]}
+    assert {8, 16, 32, 48} <= sizes
+    assert max(sizes) == 48
