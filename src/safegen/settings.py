@@ -277,14 +277,11 @@ class Settings(BaseSettings):
     @field_validator("upload_default_headers")
     @classmethod
     def _header_lines(cls, values: list[str]) -> list[str]:
-        from safegen.delivery.headers import is_header_name, is_header_value
+        # Imported here: the delivery package imports this module.
+        from safegen.delivery.headers import parse_header_line
 
         for value in values:
-            name, sep, text = value.partition(":")
-            if not sep or not is_header_name(name.strip()):
-                raise ValueError(f"header '{value}' must look like 'Name: value'")
-            if not is_header_value(text.strip()):
-                raise ValueError(f"header '{name.strip()}' value must be printable ASCII")
+            parse_header_line(value)
         return values
 
     @field_validator("allowed_formats")

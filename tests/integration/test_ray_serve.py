@@ -209,7 +209,8 @@ def ray_stack(tiny_vit_dir: Path, tiny_sd_dir: Path) -> Iterator[RayStack]:
     redis.start()
     settings = Settings(
         nsfw_model=str(tiny_vit_dir), generator_model=str(tiny_sd_dir),
-        max_batch_size=8, max_batch_wait_ms=50, generator_max_pending=1, image_side_multiple=1,
+        max_batch_size=8, auto_batch_size=False, max_batch_wait_ms=50, generator_max_pending=1,
+        image_side_multiple=1,
         upload_allowed_schemes=["http", "https"], upload_allow_loopback=True,
         upload_backoff_s=[0.05], api_keys=[KEY_A, KEY_B],
         rate_limit_routes={"/v1/classify": f"{CLASSIFY_LIMIT}/minute"},

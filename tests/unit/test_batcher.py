@@ -68,22 +68,22 @@ async def test_lone_request_does_not_wait_for_a_batch(executor):
     await batcher.stop()
 
 
-async def test_waits_up_to_max_wait_for_expected_items(executor):
+async def test_waits_up_to_max_wait_for_arriving_items(executor):
     model = FakeModel()
-    expected = {"n": 1}
-    batcher = await started(model, executor, max_wait_s=0.3, expected=lambda: expected["n"])
+    arriving = {"n": 1}
+    batcher = await started(model, executor, max_wait_s=0.3, arriving=lambda: arriving["n"])
     first = asyncio.ensure_future(batcher.submit(1))
     await asyncio.sleep(0.05)
-    expected["n"] = 0
+    arriving["n"] = 0
     second = asyncio.ensure_future(batcher.submit(2))
     assert await asyncio.gather(first, second) == [2, 4]
-    assert model.batches == [[1, 2]]  # the expected item joined the first batch
+    assert model.batches == [[1, 2]]  # the arriving item joined the first batch
     await batcher.stop()
 
 
 async def test_max_wait_bounds_the_wait(executor):
     model = FakeModel()
-    batcher = await started(model, executor, max_wait_s=0.1, expected=lambda: 1)
+    batcher = await started(model, executor, max_wait_s=0.1, arriving=lambda: 1)
     began = time.monotonic()
     assert await batcher.submit(5) == 10
     assert 0.09 <= time.monotonic() - began < 1.5

@@ -12,21 +12,13 @@ from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
 from safegen.api.quota import charge, identity, precheck
 from safegen.api.schemas import ErrorBody, ErrorResponse
-from safegen.delivery.headers import is_header_name, is_header_value
+from safegen.delivery.headers import check_upload_header, parse_header_line
 from safegen.errors import InvalidInput, NotReady
 from safegen.generation.base import GenerationRequest
 from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
 from safegen.settings import Settings
 
 router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
-
-# Headers a signer may have signed; anything else could smuggle requests to the storage.
-SIGNABLE_HEADERS = {
-    "x-amz-acl", "content-type", "cache-control", "content-disposition", "content-encoding",
-    "content-language", "expires", "x-amz-storage-class", "x-amz-tagging",
-    "x-amz-server-side-encryption", "content-md5",
-}
-
 
 def _bool(value: object) -> object:
     """Clients send ``"true"``/``"false"`` strings as often as JSON booleans: accept both."""
@@ -173,25 +165,9 @@ def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
                            field="s3_prefix")
     if body.upload_mode == "post" and not body.s3_post_fields:
         raise InvalidInput("upload_mode=post needs s3_post_fields", field="s3_post_fields")
-    headers = {
-        name.strip(): value.strip()
-        for name, _, value in (line.partition(":") for line in settings.upload_default_headers)
-    }
+    headers = dict(parse_header_line(line) for line in settings.upload_default_headers)
     for name, value in (body.upload_headers or {}).items():
-        # Anything else could not be sent at all (the HTTP client refuses it after generation).
-        if not is_header_name(name):
-            raise InvalidInput("upload_headers: a header name is not a valid HTTP token",
-                               field="upload_headers")
-        if name.lower() not in SIGNABLE_HEADERS and not name.lower().startswith("x-amz-meta-"):
-            raise InvalidInput(
-                f"header '{name}' may not be sent; allowed: x-amz-meta-*, "
-                + ", ".join(sorted(SIGNABLE_HEADERS)), field="upload_headers",
-            )
-        if not is_header_value(value):
-            raise InvalidInput(
-                f"header '{name}' must be printable ASCII (no control or non-ASCII characters)",
-                field="upload_headers",
-            )
+        check_upload_header(name, value)
         headers[name] = value
     return Delivery(
         url=body.s3_prefix, mode=body.upload_mode, headers=headers,

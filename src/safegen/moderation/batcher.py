@@ -2,7 +2,7 @@
 
 One asyncio task collects queued items into batches and hands each batch to a single model thread.
 A batch closes when it is full, when ``max_wait`` has passed, or at once when nothing more is on its
-way (``expected()`` is zero): an idle server answers a lone request without waiting for a batch to
+way (``arriving()`` is zero): an idle server answers a lone request without waiting for a batch to
 fill, while a busy one fills batches from the requests that queued during the previous forward pass.
 """
 
@@ -50,7 +50,7 @@ class Batcher(Generic[In, Out]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        expected: Callable[[], int] = lambda: 0,
+        arriving: Callable[[], int] = lambda: 0,
         stall_timeout_s: float = 30.0,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
@@ -60,7 +60,7 @@ class Batcher(Generic[In, Out]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
-        self._expected = expected
+        self._arriving = arriving  # images admitted but still being decoded
         self.stall_timeout_s = stall_timeout_s
         self._on_batch = on_batch
         self._on_depth = on_depth
@@ -140,7 +140,7 @@ class Batcher(Generic[In, Out]):
                     batch.append(pending)
                 continue
             remaining = deadline - time.monotonic()
-            if self._expected() <= 0 or remaining <= 0:
+            if self._arriving() <= 0 or remaining <= 0:
                 break
             self._wakeup.clear()
             try:

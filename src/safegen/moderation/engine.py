@@ -148,7 +148,7 @@ class ClassifierEngine:
             max_batch_size=self.max_batch_size,
             max_wait_s=self.config.max_batch_wait_s,
             max_queue=self.config.max_queue_images,
-            expected=lambda: self._decoding,
+            arriving=lambda: self._decoding,
             stall_timeout_s=self.config.inference_timeout_s,
             on_batch=self._record_batch,
             on_depth=self.metrics.queue_depth.set,
@@ -278,10 +278,19 @@ class ClassifierEngine:
         return self._score(probs)
 
     async def classify_image(self, image: Image.Image) -> Score:
-        """Score an in-memory image (used right after generation: no encode/decode round trip)."""
+        """Score an in-memory image (used right after generation: no encode/decode round trip).
+
+        Admitted like uploaded images, and counted as arriving while it is resized, so the
+        batcher holds a batch open for it rather than closing the one it was about to join.
+        """
         batcher = self._require_batcher()
+        self._admit(batcher, 1)
+        self._decoding += 1
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decode_pool, resize_rgb, image, self.size)
+        try:
+            pixels = await loop.run_in_executor(self._decode_pool, resize_rgb, image, self.size)
+        finally:
+            self._decoding -= 1
         probs = await batcher.submit(pixels)
         self.metrics.images.labels(outcome="scored").inc()
         return self._score(probs)
