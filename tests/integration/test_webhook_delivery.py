@@ -11,7 +11,7 @@ import pytest
 from safegen.egress import EgressPolicy, PinnedClient, SystemResolver
 from safegen.jobs.model import WebhookEvent
 from safegen.jobs.signing import parse_secret
-from safegen.jobs.webhooks import WebhookConfig, WebhookSender, backoff_s, retry_after_s
+from safegen.jobs.webhooks import WebhookConfig, WebhookSender, backoff_s
 from safegen.metrics import Metrics
 from tests.support.faultserver import Step
 from tests.support.webhooks import TEST_WEBHOOK_SECRET, verified
@@ -102,8 +102,3 @@ def test_backoff_grows_with_jitter_and_is_capped():
     assert high == [1.0, 2.0, 4.0, 8.0, 10.0]
 
 
-def test_retry_after_forms():
-    assert retry_after_s("12") == 12.0
-    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert retry_after_s("soon") is None
-    assert retry_after_s(None) is None

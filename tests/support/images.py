@@ -51,10 +51,14 @@ def png_with_declared_size(width: int, height: int) -> bytes:
 def one_bit_png(width: int, height: int) -> bytes:
     """A real, valid 1-bit PNG of ``width`` x ``height`` black pixels: a few KB on the wire,
     a byte a pixel (and three more for RGB) once decoded."""
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)  # filter byte + packed bits
+    return _black_png(width, height, bit_depth=1, row_bytes=(width + 7) // 8)
+
+
+def _black_png(width: int, height: int, *, bit_depth: int, row_bytes: int) -> bytes:
+    row = b"\x00" + b"\x00" * row_bytes  # filter byte + pixels
     compressor = zlib.compressobj(9)
     data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
         + _png_chunk(b"IEND", b"")
@@ -63,14 +67,7 @@ def one_bit_png(width: int, height: int) -> bytes:
 
 def decompression_bomb_png(side: int = 12_000) -> bytes:
     """A real, valid PNG of ``side`` x ``side`` black pixels that compresses to a few hundred KB."""
-    row = b"\x00" + b"\x00" * side  # filter byte + one grey byte per pixel
-    compressor = zlib.compressobj(9)
-    data = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
-        + _png_chunk(b"IEND", b"")
-    )
+    return _black_png(side, side, bit_depth=8, row_bytes=side)
 
 
 def truncated_jpeg(seed: int = 0) -> bytes:

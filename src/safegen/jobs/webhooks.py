@@ -14,11 +14,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Literal
 
 import httpx
 
+from safegen.delivery.outcomes import retry_after_s  # Retry-After is read one way everywhere
 from safegen.egress import PinnedClient
 from safegen.errors import HostUnresolvable, TargetRejected
 from safegen.jobs.model import WebhookEvent
@@ -45,20 +45,6 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: Callable[[], float
     exponential step fixed and half random, so retries spread out but still grow."""
     step = min(max_s, base_s * 2 ** (attempt - 1))
     return step / 2 + rng() * step / 2
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """``Retry-After`` as seconds (delta or HTTP date), or None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
 
 
 class WebhookSender:
@@ -126,7 +112,7 @@ class WebhookSender:
                 response = await self.client.send(target, request)
                 try:
                     status = response.status_code
-                    hint = retry_after_s(response.headers.get("retry-after"))
+                    hint = retry_after_s(response.headers.get("retry-after"), time.time())
                 finally:
                     await response.aclose()  # the answer's body is not needed
         except httpx.HTTPError as exc:
