@@ -3,8 +3,9 @@
 Nothing here imports the web layer; torch and diffusers are imported only when a model is loaded.
 """
 
+from safegen.devices import resolve_device
 from safegen.generation.base import GenerationRequest, Generator
-from safegen.generation.diffusers_backend import DiffusersGenerator, resolve_device
+from safegen.generation.diffusers_backend import DiffusersGenerator
 from safegen.generation.upscale import (
     DiffusersUpscaler,
     ResizeUpscaler,

@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from safegen.devices import resolve_device
 from safegen.errors import GenerationFailed, InvalidInput, ModelUnavailable, NotReady, Overloaded
 from safegen.generation.base import GenerationRequest
 from safegen.hub import load_failed_message, model_unavailable, resolve_model
@@ -27,17 +28,6 @@ logger = logging.getLogger("safegen.generation")
 
 _KIND = "image generator"
 _FAILED = "image generation failed"
-
-
-def resolve_device(device: str, env_var: str = "SAFEGEN_DEVICE") -> str:
-    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; refuse ``cuda`` without one."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailable(f"device '{device}' was requested ({env_var}) but no GPU is visible")
-    return device
 
 
 class DiffusersGenerator:

@@ -20,8 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
+from safegen.devices import resolve_device
 from safegen.errors import GenerationFailed, ModelUnavailable, NotReady
-from safegen.generation.diffusers_backend import resolve_device
 from safegen.hub import load_failed_message, model_unavailable, resolve_model
 
 logger = logging.getLogger("safegen.generation")

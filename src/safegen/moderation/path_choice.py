@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from safegen.devices import resolve_device
 from safegen.moderation.backends import artifact_cache, registry
 from safegen.moderation.backends.registry import InferencePath
-from safegen.moderation.backends.spec import resolve_device
 
 if TYPE_CHECKING:
     from safegen.moderation.base import Backend

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safegen.errors import ModelUnavailable
-
 if TYPE_CHECKING:
     from safegen.moderation.base import Backend
     from safegen.moderation.loading import LoadedClassifier, Preprocessing
@@ -81,12 +79,3 @@ def normalisation(prep: Preprocessing) -> tuple[list[float], list[float]]:
     return scale, shift
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` to ``cuda`` when a CUDA device is visible, else ``cpu``; refuse a missing CUDA."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailable("SAFEGEN_DEVICE=cuda but no CUDA device is visible")
-    return device
