@@ -24,6 +24,7 @@ from safegen.delivery import UploadConfig, Uploader
 from safegen.egress import SystemResolver
 from safegen.errors import ModelUnavailable
 from safegen.generation.base import Generator
+from safegen.generation.diffusers_backend import build_generator
 from safegen.generation.upscale import build_upscaler
 from safegen.imaging import ImageLimits
 from safegen.jobs.setup import start_jobs
@@ -92,28 +93,6 @@ def _ensure_available(model: str, kind: str, env_var: str, cache_dir: Path | Non
         raise ModelUnavailable(missing_weights_message(model, kind, env_var)) from None
 
 
-def build_rate_limiter(settings: Settings, metrics: Metrics) -> RateLimiter | None:
-    if not settings.rate_limit:
-        return None
-    return RateLimiter(
-        settings.rate_limit, settings.rate_limit_routes, settings.rate_limit_storage,
-        fail_open=settings.rate_limit_fail_open,
-        on_storage_error=lambda policy: metrics.ratelimit_storage_errors.labels(policy).inc(),
-        storage_timeout_s=settings.rate_limit_storage_timeout_s,
-    )
-
-
-def build_generator(settings: Settings) -> Generator | None:
-    if settings.generator_model.strip().lower() in ("", "none"):
-        return None
-    from safegen.generation.diffusers_backend import DiffusersGenerator
-
-    return DiffusersGenerator(
-        settings.generator_model, settings.device, settings.model_cache_dir,
-        warmup_steps=settings.generator_warmup_steps, max_pending=settings.generator_max_pending,
-    )
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -131,7 +110,7 @@ def create_app(
     auth, generated_key = resolve_auth(settings.api_keys, settings.api_keys_file, settings.no_auth)
     if generated_key is not None:
         announce_generated_key(generated_key)
-    rate_limiter = build_rate_limiter(settings, metrics)
+    rate_limiter = RateLimiter.from_settings(settings, metrics)
     engine: Classifier = classifier or ClassifierEngine(engine_config(settings), metrics)
     image_generator = generator or build_generator(settings)
     components: dict[str, object] = {"classifier": engine}

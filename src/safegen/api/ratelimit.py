@@ -29,7 +29,9 @@ from limits.aio.strategies import STRATEGIES
 from limits.aio.strategies import RateLimiter as _Strategy
 from limits.storage import storage_from_string
 
+from safegen.metrics import Metrics
 from safegen.setting_values import parse_limit
+from safegen.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,19 @@ class RateLimiter:
         make_strategy: Callable[[Any], _Strategy] = STRATEGIES[strategy]
         self._strategy = make_strategy(self._storage)
         self._warn = _ThrottledWarning()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> RateLimiter | None:
+        """The limiter the settings ask for (``None`` when ``SAFEGEN_RATE_LIMIT`` is empty);
+        storage failures are counted in ``metrics``."""
+        if not settings.rate_limit:
+            return None
+        return cls(
+            settings.rate_limit, settings.rate_limit_routes, settings.rate_limit_storage,
+            fail_open=settings.rate_limit_fail_open,
+            on_storage_error=lambda policy: metrics.ratelimit_storage_errors.labels(policy).inc(),
+            storage_timeout_s=settings.rate_limit_storage_timeout_s,
+        )
 
     def limit_for(self, route: str) -> RateLimitItem:
         """The limit that applies to ``route`` (its own, or the default)."""

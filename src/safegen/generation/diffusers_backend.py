@@ -23,11 +23,22 @@ from safegen.devices import resolve_device
 from safegen.errors import GenerationFailed, InvalidInput, ModelUnavailable, NotReady, Overloaded
 from safegen.generation.base import GenerationRequest
 from safegen.hub import load_failed_message, model_unavailable, resolve_model
+from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.generation")
 
 _KIND = "image generator"
 _FAILED = "image generation failed"
+
+
+def build_generator(settings: Settings) -> DiffusersGenerator | None:
+    """The generator the settings ask for, or ``None`` when generation is off."""
+    if settings.generator_model.strip().lower() in ("", "none"):
+        return None
+    return DiffusersGenerator(
+        settings.generator_model, settings.device, settings.model_cache_dir,
+        warmup_steps=settings.generator_warmup_steps, max_pending=settings.generator_max_pending,
+    )
 
 
 class DiffusersGenerator:

@@ -23,9 +23,10 @@ from PIL import Image
 from ray import serve
 from ray.serve import Application, Deployment
 
-from safegen.app import build_generator, create_app, engine_config
+from safegen.app import create_app, engine_config
 from safegen.errors import ModelUnavailable, NotReady, SafegenError
 from safegen.generation.base import GenerationRequest
+from safegen.generation.diffusers_backend import build_generator
 from safegen.metrics import Metrics
 from safegen.moderation.engine import ClassifierEngine, Score
 from safegen.ray_serve.config import RayServeConfig
