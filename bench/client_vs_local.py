@@ -53,7 +53,8 @@ def main() -> None:
         one.mkdir()
         (one / "0.jpg").write_bytes(images.jpeg(0))
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "SAFEGEN_NSFW_MODEL": str(model),
-               "SAFEGEN_INFERENCE_TIMEOUT_S": "600"}  # as the server side: busy, not stuck
+               "SAFEGEN_INFERENCE_TIMEOUT_S": "600",  # as the server side: busy, not stuck
+               "SAFEGEN_RESULT_CACHE_SIZE": "0"}  # the model does the work, not the cache
         local_one = cli([str(one)], env)
         local_all = cli([str(folder)], env)
         with safegen_server(model, root / "cache", "auto", "auto", root / "server.log") as server:

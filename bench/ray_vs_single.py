@@ -146,7 +146,8 @@ def on_ray(model_dir: Path, images: list[bytes], args: argparse.Namespace,
         key = "bench-" + os.urandom(12).hex()
         settings = Settings(nsfw_model=str(model_dir), model_cache_dir=args.cache_dir,
                             api_keys=[key], rate_limit="", log_level="warning",
-                            decode_threads=2 if replicas == 1 else 1)
+                            decode_threads=2 if replicas == 1 else 1,
+                            result_cache_size=0)  # repeated payloads: no cache hits
         # Ray sets OMP_NUM_THREADS to a replica's num_cpus, so num_cpus is also torch's threads.
         cores = max(1, (os.cpu_count() or 1) // replicas)
         config = RayServeConfig(classifier={"num_replicas": replicas, "num_cpus": cores},

@@ -16,4 +16,5 @@ pytest_plugins = [
     "tests.support.redis_server",
     "tests.support.s3servers",
     "tests.support.app_client",
+    "tests.support.image_server",
 ]

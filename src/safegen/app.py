@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from safegen import __version__
-from safegen.api import classify, console, generate, generations, health, info
+from safegen.api import classify, console, generate, generations, health, info, moderations
 from safegen.api.auth import announce_generated_key, resolve_auth
 from safegen.api.body_limit import BodySizeLimitMiddleware
 from safegen.api.errors import install_error_handlers
@@ -23,6 +23,7 @@ from safegen.api.ratelimit import RateLimiter
 from safegen.delivery import UploadConfig, Uploader
 from safegen.egress import SystemResolver
 from safegen.errors import ModelUnavailable
+from safegen.fetching import FetchConfig, ImageFetcher
 from safegen.generation.base import Generator
 from safegen.generation.diffusers_backend import build_generator
 from safegen.generation.upscale import build_upscaler
@@ -30,6 +31,7 @@ from safegen.imaging import ImageLimits
 from safegen.jobs.setup import start_jobs
 from safegen.metrics import Metrics
 from safegen.moderation.engine import Classifier, ClassifierEngine, EngineConfig
+from safegen.moderation.frames import FrameLimits
 from safegen.services.generate import GenerateConfig, GenerateService
 from safegen.settings import Settings
 
@@ -55,6 +57,12 @@ def engine_config(settings: Settings) -> EngineConfig:
         auto_batch_size=settings.auto_batch_size,
         inference_timeout_s=settings.inference_timeout_s,
         decode_memory_bytes=settings.decode_memory_mb * 2**20,
+        result_cache_size=settings.result_cache_size,
+        frames=FrameLimits(
+            max_frames=settings.max_frames,
+            max_animation_frames=settings.max_animation_frames,
+            max_animation_pixels=settings.max_animation_pixels,
+        ),
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -123,6 +131,11 @@ def create_app(
             if classifier is None:
                 await engine.start()  # type: ignore[attr-defined]
                 stack.push_async_callback(engine.stop, settings.shutdown_grace_s)  # type: ignore[attr-defined]
+            fetch_resolver = SystemResolver(settings.dns_threads, settings.dns_timeout_s)
+            stack.callback(fetch_resolver.close)
+            app.state.image_fetcher = await stack.enter_async_context(
+                ImageFetcher(FetchConfig.from_settings(settings), fetch_resolver)
+            )
             if image_generator is not None:
                 app.state.generate_service = await _start_generation(
                     stack, settings, engine, image_generator, metrics, owned=generator is None
@@ -151,6 +164,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.classifier = engine
     app.state.generate_service = None
+    app.state.image_fetcher = None  # built by the lifespan
     app.state.jobs = None
     app.state.auth = auth
     app.state.rate_limiter = rate_limiter
@@ -171,6 +185,7 @@ def create_app(
     app.include_router(info.router)
     app.include_router(console.router)
     app.include_router(generations.router)
+    app.include_router(moderations.router)
     return app
 
 

@@ -147,7 +147,9 @@ def classify(args: argparse.Namespace) -> int:
                             rows.append({"path": str(path), "error": result.message})
                         else:
                             rows.append({"path": str(path), "label": result.label,
-                                         "nsfw_score": round(result.nsfw_score, 6)})
+                                         "nsfw_score": round(result.nsfw_score, 6),
+                                         "frames_scored": result.frames_scored,
+                                         "worst_frame": result.worst_frame})
                     bar.update(len(part))
         return rows
 
@@ -165,7 +167,9 @@ def _write_rows(rows: list[dict[str, object]], output_format: str) -> int:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        writer = csv.DictWriter(sys.stdout, ["path", "label", "nsfw_score", "error"])
+        # The CSV keeps its four columns; the JSON output also tells which frame scored worst.
+        writer = csv.DictWriter(sys.stdout, ["path", "label", "nsfw_score", "error"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return 1 if any("error" in r for r in rows) else 0

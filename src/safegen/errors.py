@@ -34,6 +34,12 @@ class UnsupportedFormat(ImageError):
     code = "unsupported_format"
 
 
+class UnsupportedInput(InvalidInput):
+    """A kind of input this service does not judge (text sent for moderation) (HTTP 400)."""
+
+    code = "unsupported_input"
+
+
 class TooLarge(InvalidInput):
     """A size limit was exceeded (bytes, pixels, files, request body) (HTTP 413)."""
 

@@ -44,6 +44,14 @@ class Metrics:
         self.images = Counter(
             "safegen_classified_images_total", "Images scored, by outcome", ["outcome"], registry=r
         )
+        self.nsfw_flagged = Counter(
+            "safegen_nsfw_flagged_images_total",
+            "Images judged NSFW (fail-safe verdicts included), by route", ["route"], registry=r,
+        )
+        self.result_cache = Counter(
+            "safegen_result_cache_total", "Duplicate-cache lookups, by result (hit|miss)",
+            ["result"], registry=r,
+        )
         self.batch_size = Histogram(
             "safegen_batch_size", "Images per model forward pass", buckets=BATCH_BUCKETS,
             registry=r,
@@ -120,5 +128,7 @@ class Metrics:
             self.webhooks.labels(outcome=outcome)
         for result in ("success", "failure"):
             self.uploads.labels(result=result)
+        for result in ("hit", "miss"):
+            self.result_cache.labels(result=result)
         for reason in ("timeout", "error"):
             self.nsfw_failsafe.labels(reason=reason)

@@ -191,6 +191,28 @@ class Settings(BaseSettings):
     )
     webhook_max_per_host: int = Field(8, ge=1, description="concurrent deliveries to one host")
 
+    # --- images by URL (/v1/classify JSON, /v1/moderations) -----------------------------------
+    fetch_allowed_schemes: CommaList = Field(default_factory=lambda: ["https"])
+    fetch_allowed_hosts: CommaList = Field(
+        default_factory=list, description="host names or *.suffix patterns; empty: any public host"
+    )
+    fetch_allow_private: bool = False
+    fetch_allow_loopback: bool = False
+    fetch_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="bytes read from one URL; the stream is cut past it"
+    )
+    fetch_timeout_s: float = Field(10.0, gt=0, le=300, description="total time for one fetch")
+    fetch_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="DNS and connect")
+    fetch_max_redirects: int = Field(
+        0, ge=0, le=10, description="redirects followed; each hop's URL is checked again"
+    )
+    fetch_concurrency: int = Field(8, ge=1, description="fetches of one request at once")
+    fetch_max_per_host: int = Field(8, ge=1, description="fetches to one host at once")
+    fetch_content_types: CommaList = Field(
+        default_factory=lambda: ["image/*", "application/octet-stream"],
+        description="accepted Content-Type values (type/* patterns); the bytes are checked too",
+    )
+
     # --- security at the edge -----------------------------------------------------------------
     api_keys: CommaList = Field(
         default_factory=list, repr=False, description="keys or sha256:<hex> digests of keys"
@@ -227,11 +249,27 @@ class Settings(BaseSettings):
         "than this alone is refused",
     )
     allowed_formats: CommaList = Field(default_factory=lambda: ["JPEG", "PNG", "WEBP", "GIF"])
+    result_cache_size: int = Field(
+        10_000, ge=0, description="scores kept by SHA-256 of the uploaded bytes; 0: no cache"
+    )
+    max_frames: int = Field(
+        8, ge=1, le=256,
+        description="frames of an animation scored, spread evenly, first and last included",
+    )
+    max_animation_frames: int = Field(
+        1000, ge=1, description="an animation with more frames is refused before decoding"
+    )
+    max_animation_pixels: int = Field(
+        200_000_000, ge=1,
+        description="frame count x canvas pixels an animation may have: the decoding work it "
+        "costs to reach its last frame; checked from the header",
+    )
 
     _split_lists = field_validator(
         "allowed_formats", "upload_allowed_schemes", "upload_allowed_hosts", "upload_backoff_s",
         "upload_default_headers", "upload_allowed_ports", "api_keys", "trusted_proxies",
-        "webhook_allowed_schemes", "webhook_allowed_hosts", mode="before",
+        "webhook_allowed_schemes", "webhook_allowed_hosts", "fetch_allowed_schemes",
+        "fetch_allowed_hosts", "fetch_content_types", mode="before",
     )(_split_commas)
 
     @field_validator("backend")
@@ -250,7 +288,7 @@ class Settings(BaseSettings):
             raise ValueError("every backoff must be between 0 and 600 seconds")
         return values
 
-    @field_validator("upload_allowed_schemes", "webhook_allowed_schemes")
+    @field_validator("upload_allowed_schemes", "webhook_allowed_schemes", "fetch_allowed_schemes")
     @classmethod
     def _schemes(cls, values: list[str]) -> list[str]:
         lowered = [v.lower() for v in values]

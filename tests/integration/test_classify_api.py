@@ -162,3 +162,38 @@ async def test_not_ready_before_lifespan_and_request_ids(tiny_vit_dir):
         assert response.json()["error"]["code"] == "not_ready"
         echoed = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
         assert echoed.headers["x-request-id"] == "abc-123"
+
+
+async def test_verdict_follows_the_default_and_the_request_threshold(make_client):
+    files = [("files", (f"{i}.png", images.png(i))) for i in range(3)]
+    encoded = [base64.b64encode(images.png(i)).decode() for i in range(3)]
+    async with make_client(nsfw_threshold=0.0) as client:
+        by_default = await client.post("/v1/classify", files=files)
+        own = await client.post("/v1/classify", json={"images": encoded, "nsfw_threshold": 1})
+        form = await client.post("/v1/classify", files=files, data={"nsfw_threshold": "1"})
+        bad_json = await client.post("/v1/classify", json={"images": encoded,
+                                                          "nsfw_threshold": -0.1})
+        bad_form = await client.post("/v1/classify", files=files,
+                                     data={"nsfw_threshold": "lots"})
+        metrics = (await client.get("/metrics")).text
+    # SAFEGEN_NSFW_THRESHOLD=0: every score is at or above it.
+    assert [r["nsfw"] for r in by_default.json()["results"]] == [True] * 3
+    for response in (own, form):
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert all(r["nsfw_score"] < 1 for r in results)
+        assert [r["nsfw"] for r in results] == [False] * 3
+    assert bad_json.status_code == 422
+    assert "nsfw_threshold" in bad_json.text
+    assert bad_form.status_code == 422
+    assert bad_form.json()["error"]["field"] == "nsfw_threshold"
+    assert 'safegen_nsfw_flagged_images_total{route="/v1/classify"} 3.0' in metrics
+
+
+async def test_default_threshold_is_half(make_client):
+    async with make_client() as client:
+        response = await client.post(
+            "/v1/classify", files=[("files", (f"{i}.jpg", images.jpeg(i))) for i in range(4)]
+        )
+    for result in response.json()["results"]:
+        assert result["nsfw"] is (result["nsfw_score"] >= 0.5)

@@ -44,7 +44,8 @@ async def test_spec_flow_stores_md5_named_jpeg(make_generate_client, moto_s3):
         })
     assert response.status_code == 200, response.text
     data = response.json()["data"]
-    assert set(data) == {"s3_url", "nsfw_score", "image_hash", "s3_upload_status"}
+    assert set(data) == {"s3_url", "nsfw_score", "nsfw", "image_hash", "s3_upload_status"}
+    assert data["nsfw"] is (data["nsfw_score"] >= 0.5)  # SAFEGEN_NSFW_THRESHOLD's default
     timing = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
     assert set(timing) == {"generate", "encode", "nsfw", "upload", "total"}
     assert float(timing["total"]) >= float(timing["generate"]) > 0
@@ -138,9 +139,11 @@ async def test_nsfw_failure_or_timeout_gives_failsafe_and_upload_still_happens(
         metrics = (await client.get("/metrics")).text
     assert response.status_code == 200
     assert response.json()["data"]["nsfw_score"] == 1.0
+    assert response.json()["data"]["nsfw"] is True  # a failed check counts as NSFW
     assert len(fault_server.requests) == 1
     reason = "error" if stall_s is None else "timeout"
     assert f'safegen_nsfw_failsafe_total{{reason="{reason}"}} 1.0' in metrics
+    assert 'safegen_nsfw_flagged_images_total{route="/generate"} 1.0' in metrics
 
 
 async def test_booleans_as_json_or_strings_and_disabled_check(make_generate_client):
@@ -155,6 +158,7 @@ async def test_booleans_as_json_or_strings_and_disabled_check(make_generate_clie
         })
     assert off.status_code == 200, off.text
     assert off.json()["data"]["nsfw_score"] is None
+    assert off.json()["data"]["nsfw"] is None  # not checked: no verdict
     jpeg = base64.b64decode(off.json()["data"]["b64_json"])
     assert hashlib.md5(jpeg).hexdigest() == off.json()["data"]["image_hash"]
     assert Image.open(io.BytesIO(jpeg)).size == (64, 128)  # not upscaled
@@ -207,3 +211,19 @@ async def test_generation_disabled_answers_503(make_client):
         response = await client.post("/generate", json={"prompt": "x", "s3_prefix": "https://a/b"})
     assert response.status_code == 503
     assert "SAFEGEN_GENERATOR_MODEL" in response.json()["error"]["message"]
+
+
+async def test_request_threshold_decides_the_verdict(make_generate_client):
+    body = {"prompt": "x", "response_format": "b64_json", "upscale": False, "seed": 3, **SMALL}
+    async with make_generate_client() as client:
+        everything = await client.post("/generate", json={**body, "nsfw_threshold": 0})
+        nothing = await client.post("/generate", json={**body, "nsfw_threshold": 1})
+        refused = await client.post("/generate", json={**body, "nsfw_threshold": 1.5})
+        metrics = (await client.get("/metrics")).text
+    # Threshold 0: every score is at or above it. Threshold 1: a probability below 1 is not.
+    assert everything.json()["data"]["nsfw"] is True
+    assert nothing.json()["data"]["nsfw_score"] < 1
+    assert nothing.json()["data"]["nsfw"] is False
+    assert refused.status_code == 422
+    assert "nsfw_threshold" in refused.text
+    assert 'safegen_nsfw_flagged_images_total{route="/generate"} 1.0' in metrics

@@ -78,3 +78,21 @@ def truncated_jpeg(seed: int = 0) -> bytes:
 def polyglot() -> bytes:
     """A GIF header followed by an HTML/script payload: looks like an image to a sniffer."""
     return b"GIF89a\x01\x00\x01\x00<script>alert(1)</script>" + b"\x00" * 64
+
+
+def animation(fmt: str, count: int, hot: set[int] | frozenset[int] = frozenset(),
+              size: tuple[int, int] = (32, 32)) -> bytes:
+    """An animated GIF, WEBP or PNG (APNG) of ``count`` solid frames, each a distinct colour.
+
+    Frames in ``hot`` are pure red, the others have no red at all, so a model that reads red
+    tells the frames apart.
+    """
+    frames = [
+        Image.new("RGB", size, (255, 0, 0) if i in hot else (0, (37 * i) % 200 + 40, i % 50))
+        for i in range(count)
+    ]
+    params: dict[str, object] = {"save_all": True, "append_images": frames[1:], "duration": 40,
+                                 "loop": 0}
+    if fmt == "WEBP":
+        params["lossless"] = True
+    return encode(frames[0], fmt, **params)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import UploadFile
@@ -11,18 +10,20 @@ from starlette.exceptions import HTTPException
 
 from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
+from safegen.api.image_inputs import decode_base64, decode_data_url, is_data_url
 from safegen.api.quota import charge, precheck
 from safegen.api.schemas import (
     ClassifyJsonRequest,
     ClassifyResponse,
     ErrorResponse,
+    ImageByUrl,
     ImageError,
     ImageProblem,
     ImageScore,
 )
-from safegen.errors import ImageError as BadImage
 from safegen.errors import InvalidInput, SafegenError, TooLarge
 from safegen.moderation.engine import Classifier, Score
+from safegen.moderation.verdict import choose_threshold, is_nsfw, parse_threshold
 from safegen.settings import Settings
 
 router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)])
@@ -35,7 +36,8 @@ _OPENAPI_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "nsfw_threshold": {"type": "number", "minimum": 0, "maximum": 1},
                     },
                     "required": ["files"],
                 }
@@ -46,6 +48,14 @@ _OPENAPI_BODY = {
 }
 
 Upload = tuple[str | None, bytes | SafegenError]
+
+
+@dataclass
+class Uploads:
+    """The request's images, and its own verdict threshold when it sent one."""
+
+    items: list[Upload] = field(default_factory=list)
+    nsfw_threshold: float | None = None
 
 
 @router.post(
@@ -62,7 +72,8 @@ Upload = tuple[str | None, bytes | SafegenError]
 async def classify(request: Request, response: Response) -> ClassifyResponse:
     """Multipart with one or more ``files`` fields, or JSON ``{"images": ["<base64>", ...]}``.
 
-    A bad image yields an error entry at its index; the other images are still scored.
+    Either may carry ``nsfw_threshold`` (a form field, or a JSON member). A bad image yields an
+    error entry at its index; the other images are still scored.
     """
     settings: Settings = request.app.state.settings
     classifier: Classifier = request.app.state.classifier
@@ -71,14 +82,16 @@ async def classify(request: Request, response: Response) -> ClassifyResponse:
     # by image once the count is known.
     await precheck(request, "/v1/classify")
     if content_type.startswith("multipart/form-data"):
-        uploads = await _read_multipart(request, settings)
+        sent = await _read_multipart(request, settings)
     elif content_type.startswith("application/json"):
-        uploads = await _read_json(request, settings)
+        sent = await _read_json(request, settings)
     else:
         raise InvalidInput(
             "send multipart/form-data with 'files' fields or application/json with 'images'",
             field="content-type",
         )
+    uploads = sent.items
+    threshold = choose_threshold(sent.nsfw_threshold, settings.nsfw_threshold)
     if not uploads:
         raise InvalidInput("no images in the request: send at least one", field="files")
     # Both readers already refused more than SAFEGEN_MAX_FILES_PER_REQUEST images.
@@ -89,19 +102,22 @@ async def classify(request: Request, response: Response) -> ClassifyResponse:
     outcomes: list[Score | SafegenError] = [data for _, data in uploads]  # type: ignore[misc]
     for (index, _), outcome in zip(good, scored, strict=True):
         outcomes[index] = outcome
-    return ClassifyResponse(
-        model=classifier.model_name,
-        results=[_result(i, uploads[i][0], o) for i, o in enumerate(outcomes)],
-    )
+    results = [_result(i, uploads[i][0], o, threshold) for i, o in enumerate(outcomes)]
+    flagged = sum(1 for r in results if isinstance(r, ImageScore) and r.nsfw)
+    if flagged:
+        request.app.state.metrics.nsfw_flagged.labels(route="/v1/classify").inc(flagged)
+    return ClassifyResponse(model=classifier.model_name, results=results)
 
 
 def _result(
-    index: int, filename: str | None, outcome: Score | SafegenError
+    index: int, filename: str | None, outcome: Score | SafegenError, threshold: float
 ) -> ImageScore | ImageError:
     if isinstance(outcome, Score):
         return ImageScore(
             index=index, filename=filename, label=outcome.label,
-            nsfw_score=outcome.nsfw_score, scores=outcome.scores,
+            nsfw_score=outcome.nsfw_score, nsfw=is_nsfw(outcome.nsfw_score, threshold),
+            scores=outcome.scores, frames_scored=outcome.frames_scored,
+            worst_frame=outcome.worst_frame,
         )
     return ImageError(
         index=index,
@@ -110,11 +126,12 @@ def _result(
     )
 
 
-async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
+async def _read_multipart(request: Request, settings: Settings) -> Uploads:
     limit = settings.max_files_per_request
     try:
-        # Starlette stops parsing once a form holds more parts than these bounds.
-        form = await request.form(max_files=limit, max_fields=limit)
+        # Starlette stops parsing once a form holds more parts than these bounds
+        # (one text field: nsfw_threshold).
+        form = await request.form(max_files=limit, max_fields=1)
     except HTTPException as exc:
         if "Too many files" in str(exc.detail):
             raise TooLarge(
@@ -124,13 +141,17 @@ async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
         # Too many text fields, or a malformed body: the form is wrong, not too large.
         raise InvalidInput(f"malformed multipart form: {exc.detail}", field="files") from None
     try:
-        uploads: list[Upload] = []
+        uploads = Uploads()
         for name, value in form.multi_items():
+            if name == "nsfw_threshold" and isinstance(value, str):
+                uploads.nsfw_threshold = parse_threshold(value)
+                continue
             if name != "files":
                 raise InvalidInput(f"unexpected form field '{name}'; use 'files'", field=name)
             if not isinstance(value, UploadFile):
                 raise InvalidInput("'files' must be file parts, not text fields", field="files")
-            uploads.append((value.filename, await _read_upload(value, settings.max_image_bytes)))
+            data = await _read_upload(value, settings.max_image_bytes)
+            uploads.items.append((value.filename, data))
         return uploads
     finally:
         await form.close()
@@ -145,7 +166,7 @@ async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes | SafegenErr
     return data
 
 
-async def _read_json(request: Request, settings: Settings) -> list[Upload]:
+async def _read_json(request: Request, settings: Settings) -> Uploads:
     raw = await read_body(request, settings.max_request_bytes, "SAFEGEN_MAX_REQUEST_BYTES")
     body = await parse_json(raw, ClassifyJsonRequest)
     names = body.filenames or []
@@ -157,20 +178,20 @@ async def _read_json(request: Request, settings: Settings) -> list[Upload]:
             f"{settings.max_files_per_request} (SAFEGEN_MAX_FILES_PER_REQUEST)",
             field="images",
         )
-    return [
-        (names[i] if names else None, _decode_base64(text, settings.max_image_bytes))
-        for i, text in enumerate(body.images)
+    limit = settings.max_image_bytes
+    datas = [
+        decode_base64(item, limit, "images") if isinstance(item, str)
+        else decode_data_url(item.url, limit, "images") if is_data_url(item.url)
+        else b""  # fetched below
+        for item in body.images
     ]
+    remote = [i for i, item in enumerate(body.images)
+              if isinstance(item, ImageByUrl) and not is_data_url(item.url)]
+    if remote:
+        fetcher = request.app.state.image_fetcher
+        fetched = await fetcher.fetch_all([body.images[i].url for i in remote])  # type: ignore[union-attr]
+        for index, outcome in zip(remote, fetched, strict=True):
+            datas[index] = outcome
+    return Uploads([(names[i] if names else None, d) for i, d in enumerate(datas)],
+                   body.nsfw_threshold)
 
-
-def _decode_base64(text: str, max_bytes: int) -> bytes | SafegenError:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    if len(text) > (max_bytes * 4) // 3 + 4:
-        return TooLarge(
-            f"image is larger than {max_bytes} bytes (SAFEGEN_MAX_IMAGE_BYTES)", field="images"
-        )
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return BadImage("not valid base64", field="images")

@@ -21,6 +21,7 @@ logger = logging.getLogger("safegen.api")
 STATUS_BY_ERROR: list[tuple[type[errors.SafegenError], int]] = [
     (errors.TooLarge, 413),
     (errors.ImageError, 400),
+    (errors.UnsupportedInput, 400),
     (errors.InvalidInput, 422),
     (JobNotFound, 404),
     (JobNotCancelable, 409),

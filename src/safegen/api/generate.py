@@ -15,6 +15,7 @@ from safegen.api.schemas import ErrorBody, ErrorResponse
 from safegen.delivery.headers import check_upload_header, parse_header_line
 from safegen.errors import InvalidInput, NotReady
 from safegen.generation.base import GenerationRequest
+from safegen.moderation.verdict import choose_threshold
 from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
 from safegen.settings import Settings
 
@@ -48,6 +49,10 @@ class GenerateBody(BaseModel):
         None, description="the complete presigned URL to PUT to (or the POST URL in post mode)"
     )
     enable_nsfw_check: StrictishBool = True
+    nsfw_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="score at or above which the image is NSFW (default SAFEGEN_NSFW_THRESHOLD)",
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="same seed, same pixels")
     guidance_scale: float | None = Field(None, ge=0, le=50)
     upload_mode: Literal["rename", "as_signed", "post"] = Field(
@@ -66,6 +71,10 @@ class GenerateBody(BaseModel):
 class GenerateData(BaseModel):
     s3_url: str | None = None
     nsfw_score: float | None = Field(None, ge=0, le=1)
+    nsfw: bool | None = Field(
+        None, description="the verdict: true at or above the threshold or when the check failed "
+        "(fail-safe); null when the check was turned off",
+    )
     image_hash: str
     s3_upload_status: int | None = None
     b64_json: str | None = None
@@ -109,6 +118,8 @@ async def generate(request: Request) -> Any:
     job = build_job(await parse_json(raw, GenerateBody), settings, client=identity(request))
     quota_headers = await charge(request, "/generate")
     outcome = await service.submit(job)
+    if outcome.nsfw:
+        request.app.state.metrics.nsfw_flagged.labels(route="/generate").inc()
     response = render(outcome, request)
     response.headers.update(quota_headers)
     # Standard Server-Timing: where the time went (generation vs scoring, encoding and upload).
@@ -152,6 +163,7 @@ def build_job(body: GenerateBody, settings: Settings, *, client: str = "") -> Ge
         ),
         upscale=body.upscale,
         nsfw_check=body.enable_nsfw_check,
+        nsfw_threshold=choose_threshold(body.nsfw_threshold, settings.nsfw_threshold),
         delivery=_delivery(body, settings),
         client=client,
     )
@@ -177,7 +189,9 @@ def _delivery(body: GenerateBody, settings: Settings) -> Delivery | None:
 
 def render(outcome: GenerateOutcome, request: Request) -> JSONResponse:
     """The spec's response; 502 with the same data and a reason when the upload failed."""
-    data: dict[str, object] = {"nsfw_score": outcome.nsfw_score, "image_hash": outcome.image_hash}
+    data: dict[str, object] = {
+        "nsfw_score": outcome.nsfw_score, "nsfw": outcome.nsfw, "image_hash": outcome.image_hash,
+    }
     upload = outcome.upload
     if upload is None:
         data["b64_json"] = outcome.b64_json

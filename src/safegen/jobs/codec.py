@@ -35,7 +35,9 @@ def decode_job(encoded: dict[str, Any]) -> GenerateJob:
 
 def outcome_result(outcome: GenerateOutcome) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     """(status, data, error) of a finished generation, in ``/generate``'s shapes."""
-    data: dict[str, Any] = {"nsfw_score": outcome.nsfw_score, "image_hash": outcome.image_hash}
+    data: dict[str, Any] = {
+        "nsfw_score": outcome.nsfw_score, "nsfw": outcome.nsfw, "image_hash": outcome.image_hash,
+    }
     upload = outcome.upload
     if upload is None:
         data["b64_json"] = outcome.b64_json

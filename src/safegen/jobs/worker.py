@@ -185,6 +185,8 @@ class JobWorker:
             if not isinstance(exc, SafegenError):
                 logger.exception("job %s failed", record.id, extra={"job_id": record.id})
             return "failed", None, error_result(exc)
+        if outcome.nsfw:
+            self.metrics.nsfw_flagged.labels(route="/v1/generations").inc()
         status, data, error = outcome_result(outcome)
         size = result_size(data, error)
         if size > self.config.max_result_bytes:

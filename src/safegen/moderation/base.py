@@ -24,6 +24,8 @@ class Score:
     label: str
     nsfw_score: float
     scores: dict[str, float]
+    frames_scored: int = 1  # an animation: frames scored; label and scores are the worst one's
+    worst_frame: int = 0  # index in the animation of the highest-scoring frame
 
 
 class Classifier(Protocol):

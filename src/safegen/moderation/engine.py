@@ -8,6 +8,7 @@ so with spare cores the model does not wait for images. Usable without the web l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
@@ -40,13 +41,29 @@ from safegen.moderation.device_decode import (
     EncodedJpeg,
     predict_decoding_on_device,
 )
+from safegen.moderation.frames import (
+    FrameLimits,
+    check_animation,
+    decode_frames,
+    is_animated,
+    sample_indices,
+)
 from safegen.moderation.loading import LoadedClassifier, load_classifier
+from safegen.moderation.result_cache import ResultCache, digest
 from safegen.settings import Settings
 
 __all__ = ["Classifier", "ClassifierEngine", "EngineConfig", "Score"]  # contract re-exported
 
 # What the decode threads hand the batcher: decoded pixels, or a JPEG for the device to decode.
 Pixels = np.ndarray | EncodedJpeg
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The sampled frames of an animation: each goes to the batcher like a still image."""
+
+    indices: list[int]  # positions in the animation
+    pixels: list[np.ndarray]
 
 logger = logging.getLogger("safegen.moderation")
 
@@ -95,6 +112,12 @@ class EngineConfig:
     auto_batch_size: bool = _SETTING_DEFAULTS["auto_batch_size"].default
     limits: ImageLimits = ImageLimits()
     decode_memory_bytes: int = 512 * 2**20  # decoded pixels held at once by all decode threads
+    frames: FrameLimits = FrameLimits(
+        max_frames=_SETTING_DEFAULTS["max_frames"].default,
+        max_animation_frames=_SETTING_DEFAULTS["max_animation_frames"].default,
+        max_animation_pixels=_SETTING_DEFAULTS["max_animation_pixels"].default,
+    )
+    result_cache_size: int = _SETTING_DEFAULTS["result_cache_size"].default
 
 
 class ClassifierEngine:
@@ -119,6 +142,7 @@ class ClassifierEngine:
         self._batcher: Batcher[Pixels, np.ndarray] | None = None
         self.max_batch_size = config.max_batch_size  # lowered by the start-up measurement
         self.choice: path_choice.Choice | None = None
+        self._cache = ResultCache(config.result_cache_size)
         self._ready = False
 
     @property
@@ -269,13 +293,46 @@ class ClassifierEngine:
         loop = asyncio.get_running_loop()
         try:
             try:
-                pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
+                key, pixels = await loop.run_in_executor(self._decode_pool, self._lookup, data)
             finally:
                 self._decoding -= 1
-            probs = await batcher.submit(pixels)
+            if isinstance(pixels, Score):
+                return pixels  # the same bytes were scored before
+            if isinstance(pixels, Frames):
+                frame_probs = await asyncio.gather(*(batcher.submit(p) for p in pixels.pixels))
+                score = self._worst_frame(pixels.indices, frame_probs)
+            else:
+                score = self._score(await batcher.submit(pixels))
         except SafegenError as exc:
             return exc
-        return self._score(probs)
+        if key is not None:
+            self._cache.put(self._cache_scope, key, score)
+        return score
+
+    @property
+    def _cache_scope(self) -> tuple[object, ...]:
+        """What besides the bytes decides a score: a cached one is valid only for the same."""
+        backend = self.backend
+        return (self.model_name, backend.name, backend.precision, self.size,
+                self.config.fast_decode, self._device_decoder is not None,
+                self.config.frames.max_frames)
+
+    def _lookup(self, data: bytes) -> tuple[bytes | None, Score | Pixels | Frames]:
+        """(cache key, the cached score or the decoded pixels); in a decode thread."""
+        if not self._cache.enabled:
+            return None, self._decode(data)
+        key = digest(data)
+        cached = self._cache.get(self._cache_scope, key)
+        self.metrics.result_cache.labels(result="miss" if cached is None else "hit").inc()
+        return key, cached if cached is not None else self._decode(data)
+
+    def _worst_frame(self, indices: list[int], frame_probs: Sequence[np.ndarray]) -> Score:
+        """An animation is as unsafe as its worst frame: its label and scores are that frame's."""
+        scores = [self._score(probs) for probs in frame_probs]
+        worst = max(range(len(scores)), key=lambda i: scores[i].nsfw_score)
+        return dataclasses.replace(
+            scores[worst], frames_scored=len(scores), worst_frame=indices[worst]
+        )
 
     async def classify_image(self, image: Image.Image) -> Score:
         """Score an in-memory image (used right after generation: no encode/decode round trip).
@@ -295,8 +352,12 @@ class ClassifierEngine:
         self.metrics.images.labels(outcome="scored").inc()
         return self._score(probs)
 
-    def _decode(self, data: bytes) -> Pixels:
+    def _decode(self, data: bytes) -> Pixels | Frames:
         image = open_checked(data, self.config.limits)
+        if is_animated(image):
+            count = check_animation(image, self.config.frames)
+            indices = sample_indices(count, self.config.frames.max_frames)
+            return Frames(indices, decode_frames(image, indices, self.size, self._decode_budget))
         device_jpeg = image.format == "JPEG" and image.mode in DEVICE_DECODE_MODES
         if self._device_decoder is not None and device_jpeg:
             return EncodedJpeg(data)  # header and limits checked; pixels decoded with the batch

@@ -41,6 +41,7 @@ from safegen.generation.upscale import Upscaler
 from safegen.imaging import encode_jpeg, md5_hex
 from safegen.metrics import Metrics, status_class
 from safegen.moderation.engine import Classifier
+from safegen.moderation.verdict import failsafe_verdict, is_nsfw
 from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.generate")
@@ -65,6 +66,7 @@ class GenerateJob:
     request: GenerationRequest
     upscale: bool = True
     nsfw_check: bool = True
+    nsfw_threshold: float | None = None  # None: SAFEGEN_NSFW_THRESHOLD
     delivery: Delivery | None = None  # None: the JPEG is returned inline
     client: str = ""  # who asked (API key id or address): the unit of the per-client job limit
 
@@ -74,6 +76,7 @@ class GenerateOutcome:
     image_hash: str
     nsfw_score: float | None
     jpeg: bytes
+    nsfw: bool | None = None  # the verdict; None when the check was turned off
     upload: UploadResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
@@ -88,6 +91,7 @@ class GenerateConfig:
 
     jpeg_quality: int
     nsfw_timeout_s: float
+    nsfw_threshold: float
     max_jobs: int  # jobs in flight, any stage
     max_jobs_per_client: int
 
@@ -95,6 +99,7 @@ class GenerateConfig:
     def from_settings(cls, settings: Settings) -> GenerateConfig:
         return cls(
             jpeg_quality=settings.jpeg_quality, nsfw_timeout_s=settings.nsfw_timeout_s,
+            nsfw_threshold=settings.nsfw_threshold,
             max_jobs=settings.generator_max_pending,
             max_jobs_per_client=settings.max_jobs_per_key,
         )
@@ -202,7 +207,10 @@ class GenerateService:
         )
         outcome = GenerateOutcome(image_hash=image_hash, nsfw_score=None, jpeg=jpeg)
         if score is not None:
-            outcome.nsfw_score = await score
+            outcome.nsfw_score, failed = await score
+            threshold = (self.config.nsfw_threshold if job.nsfw_threshold is None
+                         else job.nsfw_threshold)
+            outcome.nsfw = failsafe_verdict() if failed else is_nsfw(outcome.nsfw_score, threshold)
             outcome.timings_s["nsfw"] = time.monotonic() - encoded
         if upload is not None:
             outcome.upload = await upload
@@ -227,8 +235,8 @@ class GenerateService:
         self.metrics.generations.labels(outcome="generated").inc()
         return image
 
-    async def _score(self, image: Image.Image) -> float:
-        """The NSFW probability, or the fail-safe 1.0 when the check fails or is too slow."""
+    async def _score(self, image: Image.Image) -> tuple[float, bool]:
+        """(NSFW probability, failed): the fail-safe 1.0 when the check fails or is too slow."""
         try:
             result = await asyncio.wait_for(
                 self.classifier.classify_image(image), self.config.nsfw_timeout_s
@@ -236,12 +244,12 @@ class GenerateService:
         except asyncio.TimeoutError:
             self.metrics.nsfw_failsafe.labels(reason="timeout").inc()
             logger.warning("NSFW check exceeded %.1fs: fail-safe score", self.config.nsfw_timeout_s)
-            return FAILSAFE_SCORE
+            return FAILSAFE_SCORE, True
         except Exception:
             self.metrics.nsfw_failsafe.labels(reason="error").inc()
             logger.exception("NSFW check failed: fail-safe score")
-            return FAILSAFE_SCORE
-        return result.nsfw_score
+            return FAILSAFE_SCORE, True
+        return result.nsfw_score, False
 
     async def _deliver(self, delivery: Delivery, jpeg: bytes, image_hash: str) -> UploadResult:
         name = f"{image_hash}.jpg"
