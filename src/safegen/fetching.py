@@ -44,13 +44,7 @@ class FetchConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> FetchConfig:
         return cls(
-            policy=EgressPolicy(
-                purpose="fetch",
-                allowed_schemes=tuple(settings.fetch_allowed_schemes),
-                allowed_hosts=tuple(settings.fetch_allowed_hosts),
-                allow_private=settings.fetch_allow_private,
-                allow_loopback=settings.fetch_allow_loopback,
-            ),
+            policy=EgressPolicy.from_settings(settings, "fetch"),
             max_bytes=settings.fetch_max_bytes, timeout_s=settings.fetch_timeout_s,
             connect_timeout_s=settings.fetch_connect_timeout_s,
             max_redirects=settings.fetch_max_redirects, concurrency=settings.fetch_concurrency,

@@ -47,14 +47,7 @@ class UploadConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadConfig:
         return cls(
-            policy=EgressPolicy(
-                purpose="upload",
-                allowed_schemes=tuple(settings.upload_allowed_schemes),
-                allowed_hosts=tuple(settings.upload_allowed_hosts),
-                allowed_ports=tuple(settings.upload_allowed_ports),
-                allow_private=settings.upload_allow_private,
-                allow_loopback=settings.upload_allow_loopback,
-            ),
+            policy=EgressPolicy.from_settings(settings, "upload"),
             backoff_s=tuple(settings.upload_backoff_s),
             connect_timeout_s=settings.upload_connect_timeout_s,
             io_timeout_s=settings.upload_timeout_s,

@@ -12,6 +12,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from safegen.errors import TargetRejected
@@ -45,6 +46,19 @@ class EgressPolicy:
     allowed_ports: tuple[int, ...] = ()
     allow_private: bool = False
     allow_loopback: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Any, purpose: str) -> EgressPolicy:
+        """The policy the ``SAFEGEN_{PURPOSE}_ALLOWED_*`` / ``_ALLOW_*`` settings describe (a
+        purpose without an ``allowed_ports`` setting allows any port)."""
+        return cls(
+            purpose=purpose,
+            allowed_schemes=tuple(getattr(settings, f"{purpose}_allowed_schemes")),
+            allowed_hosts=tuple(getattr(settings, f"{purpose}_allowed_hosts")),
+            allowed_ports=tuple(getattr(settings, f"{purpose}_allowed_ports", ())),
+            allow_private=getattr(settings, f"{purpose}_allow_private"),
+            allow_loopback=getattr(settings, f"{purpose}_allow_loopback"),
+        )
 
     def host_allowed(self, host: str) -> bool:
         """Whether ``host`` (lower case, no trailing dot) matches ``allowed_hosts``."""

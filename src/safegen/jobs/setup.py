@@ -21,13 +21,7 @@ WEBHOOK_SENDERS = 4  # concurrent deliveries per process; each waits on the queu
 
 
 def webhook_policy(settings: Settings) -> EgressPolicy:
-    return EgressPolicy(
-        purpose="webhook",
-        allowed_schemes=tuple(settings.webhook_allowed_schemes),
-        allowed_hosts=tuple(settings.webhook_allowed_hosts),
-        allow_private=settings.webhook_allow_private,
-        allow_loopback=settings.webhook_allow_loopback,
-    )
+    return EgressPolicy.from_settings(settings, "webhook")
 
 
 def webhook_client(settings: Settings, resolver: SystemResolver) -> PinnedClient:
