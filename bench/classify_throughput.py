@@ -118,8 +118,8 @@ def raw_forward(model_dir: Path, cache_dir: Path, args: argparse.Namespace, imag
         max_drift=defaults.auto_max_drift, max_batch_size=defaults.max_batch_size,
         tune_batch_size=defaults.auto_batch_size,
     ))
-    pixels = [decode_for_model(d, ImageLimits(), loaded.preprocessing.size, fast=True)
-              for d in images]
+    pixels = [decode_for_model(d, ImageLimits.from_settings(defaults), loaded.preprocessing.size,
+                               fast=True) for d in images]
     timings = {}
     for size in sorted(sizes):
         batch = np.stack([pixels[i % len(pixels)] for i in range(size)])

@@ -33,8 +33,9 @@ PER_REQUEST = 64
 def decode_ms_per_image(images: list[bytes], rounds: int) -> float:
     """One thread decoding for the model (fast JPEG path, the default), in milliseconds."""
     from safegen.imaging import ImageLimits, decode_for_model
+    from safegen.settings import Settings
 
-    limits = ImageLimits()
+    limits = ImageLimits.from_settings(Settings())
     decode_for_model(images[0], limits, (224, 224), fast=True)
     started = time.perf_counter()
     for _ in range(rounds):

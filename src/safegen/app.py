@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -22,83 +21,17 @@ from safegen.api.observability import ObservabilityMiddleware
 from safegen.api.ratelimit import RateLimiter
 from safegen.delivery import UploadConfig, Uploader
 from safegen.egress import SystemResolver
-from safegen.errors import ModelUnavailable
 from safegen.fetching import FetchConfig, ImageFetcher
 from safegen.generation.base import Generator
 from safegen.generation.diffusers_backend import build_generator
 from safegen.generation.upscale import build_upscaler
-from safegen.imaging import ImageLimits
 from safegen.jobs.setup import start_jobs
 from safegen.metrics import Metrics
 from safegen.moderation.engine import Classifier, ClassifierEngine, EngineConfig
-from safegen.moderation.frames import FrameLimits
-from safegen.services.generate import GenerateConfig, GenerateService
+from safegen.services.generate_service import GenerateConfig, GenerateService
 from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.app")
-
-
-def engine_config(settings: Settings) -> EngineConfig:
-    return EngineConfig(
-        model=settings.nsfw_model,
-        cache_dir=settings.model_cache_dir,
-        device=settings.device,
-        backend=settings.backend,
-        precision=settings.precision,
-        fast_decode=settings.fast_decode,
-        max_batch_size=settings.max_batch_size,
-        max_batch_wait_s=settings.max_batch_wait_ms / 1000,
-        max_queue_images=settings.max_queue_images,
-        max_queue_wait_s=settings.max_queue_wait_s,
-        decode_threads=settings.decode_threads,
-        torch_threads=settings.torch_threads,
-        device_decode=settings.device_decode,
-        auto_max_drift=settings.auto_max_drift,
-        auto_batch_size=settings.auto_batch_size,
-        inference_timeout_s=settings.inference_timeout_s,
-        decode_memory_bytes=settings.decode_memory_mb * 2**20,
-        result_cache_size=settings.result_cache_size,
-        frames=FrameLimits(
-            max_frames=settings.max_frames,
-            max_animation_frames=settings.max_animation_frames,
-            max_animation_pixels=settings.max_animation_pixels,
-        ),
-        limits=ImageLimits(
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            formats=tuple(settings.allowed_formats),
-        ),
-    )
-
-
-def preflight(settings: Settings) -> None:
-    """Fail fast, before the server starts, when a configured model cannot be had.
-
-    A local directory must exist; a hub id must be in the cache or fetched now (so a missing
-    model is one clear line here, not a traceback from the lifespan). Loading happens later.
-    """
-    from safegen.moderation.device_decode import NEEDS_TORCHVISION, torchvision_decoder_available
-    from safegen.moderation.loading import NSFW_ENV_VAR
-
-    if settings.device_decode and not torchvision_decoder_available():
-        raise ModelUnavailable(NEEDS_TORCHVISION)
-    models = [(settings.nsfw_model, "NSFW classifier", NSFW_ENV_VAR)]
-    if build_generator(settings) is not None:
-        models.append((settings.generator_model, "image generator", "SAFEGEN_GENERATOR_MODEL"))
-    for model, kind, env_var in models:
-        _ensure_available(model, kind, env_var, settings.model_cache_dir)
-
-
-def _ensure_available(model: str, kind: str, env_var: str, cache_dir: Path | None) -> None:
-    from safegen.hub import download, is_local, missing_weights_message, resolve_model
-
-    source = resolve_model(model, kind=kind, env_var=env_var, cache_dir=cache_dir)
-    if is_local(source):
-        return
-    try:
-        download(source, cache_dir)  # a cache hit when present; works offline from the cache
-    except ModelUnavailable:
-        raise ModelUnavailable(missing_weights_message(model, kind, env_var)) from None
 
 
 def create_app(
@@ -119,18 +52,25 @@ def create_app(
     if generated_key is not None:
         announce_generated_key(generated_key)
     rate_limiter = RateLimiter.from_settings(settings, metrics)
-    engine: Classifier = classifier or ClassifierEngine(engine_config(settings), metrics)
+    # Built here unless the caller brought its own (then the caller starts and stops it).
+    own_engine: ClassifierEngine | None = None
+    nsfw_classifier: Classifier
+    if classifier is None:
+        own_engine = ClassifierEngine(EngineConfig.from_settings(settings), metrics)
+        nsfw_classifier = own_engine
+    else:
+        nsfw_classifier = classifier
     image_generator = generator or build_generator(settings)
-    components: dict[str, object] = {"classifier": engine}
+    components: dict[str, object] = {"classifier": nsfw_classifier}
     if image_generator is not None:
         components["generator"] = image_generator
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            if classifier is None:
-                await engine.start()  # type: ignore[attr-defined]
-                stack.push_async_callback(engine.stop, settings.shutdown_grace_s)  # type: ignore[attr-defined]
+            if own_engine is not None:
+                await own_engine.start()
+                stack.push_async_callback(own_engine.stop, settings.shutdown_grace_s)
             fetch_resolver = SystemResolver(settings.dns_threads, settings.dns_timeout_s)
             stack.callback(fetch_resolver.close)
             app.state.image_fetcher = await stack.enter_async_context(
@@ -138,7 +78,8 @@ def create_app(
             )
             if image_generator is not None:
                 app.state.generate_service = await _start_generation(
-                    stack, settings, engine, image_generator, metrics, owned=generator is None
+                    stack, settings, nsfw_classifier, image_generator, metrics,
+                    owned=generator is None,
                 )
                 app.state.jobs = await start_jobs(
                     stack, settings, app.state.generate_service, metrics
@@ -162,7 +103,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.classifier = engine
+    app.state.classifier = nsfw_classifier
     app.state.generate_service = None
     app.state.image_fetcher = None  # built by the lifespan
     app.state.jobs = None
@@ -197,7 +138,7 @@ async def _start_generation(
     if owned:
         await generator.start()
         stack.push_async_callback(generator.stop)
-    upscaler = build_upscaler(settings.upscaler, settings.device, settings.model_cache_dir)
+    upscaler = build_upscaler(settings)
     if upscaler is not None:
         await upscaler.start()
         stack.push_async_callback(upscaler.stop)

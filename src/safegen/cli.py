@@ -36,8 +36,9 @@ def _settings(**overrides: object) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from safegen.app import create_app, preflight
+    from safegen.app import create_app
     from safegen.logs import configure_logging
+    from safegen.preflight import preflight
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level)
@@ -113,8 +114,7 @@ def classify(args: argparse.Namespace) -> int:
     or with ``--server``, on a running server through the Python client."""
     from tqdm import tqdm
 
-    from safegen.app import engine_config
-    from safegen.moderation.engine import ClassifierEngine
+    from safegen.moderation.engine import ClassifierEngine, EngineConfig
 
     files = list(iter_images(args.paths, args.recursive))
     if not files:
@@ -135,7 +135,7 @@ def classify(args: argparse.Namespace) -> int:
 
     async def run() -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
-        async with ClassifierEngine(engine_config(settings)) as engine:
+        async with ClassifierEngine(EngineConfig.from_settings(settings)) as engine:
             chunk = settings.max_batch_size
             with tqdm(total=len(files), unit="img", disable=args.quiet, file=sys.stderr) as bar:
                 for start in range(0, len(files), chunk):

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from safegen.errors import ImageError, TooLarge, UnsupportedFormat
+from safegen.settings import Settings
 
 # Our own pixel limit is checked before decoding; PIL's bomb check would only duplicate it with a
 # less helpful message, and its warning would turn into an error under strict test settings.
@@ -22,11 +23,19 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an uploaded image may be. Built from the settings by the caller."""
+    """What an uploaded image may be.
 
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF")
+    From ``SAFEGEN_MAX_IMAGE_BYTES``, ``SAFEGEN_MAX_IMAGE_PIXELS`` and ``SAFEGEN_ALLOWED_FORMATS``.
+    """
+
+    max_bytes: int
+    max_pixels: int
+    formats: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        return cls(settings.max_image_bytes, settings.max_image_pixels,
+                   tuple(settings.allowed_formats))
 
 
 def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     upscaler: str = Field(
         "lanczos2x", description="lanczos2x (a resize), none, or a diffusion upscaler's hub id/dir"
     )
+    upscaler_steps: int = Field(
+        20, ge=1, le=500, description="denoising steps of a diffusion upscaler"
+    )
     jpeg_quality: int = Field(90, ge=1, le=100)
     nsfw_timeout_s: float = Field(5.0, gt=0, le=120)
     nsfw_threshold: float = Field(

@@ -21,12 +21,15 @@ from PIL import Image
 
 from safegen.errors import SafegenError, TooLarge
 from safegen.imaging import ImageLimits, decode_for_model, open_checked
+from safegen.settings import Settings
 from tests.fuzz import DERANDOMIZE, examples
 from tests.support import images
 
 SIZE = (224, 224)
 # Small limits so that fuzzed headers claiming huge images hit the pixel check quickly.
-LIMITS = ImageLimits(max_bytes=256 * 1024, max_pixels=4_000_000)
+LIMITS = ImageLimits.from_settings(
+    Settings(max_image_bytes=256 * 1024, max_image_pixels=4_000_000)
+)
 FUZZ = settings(
     deadline=None, database=None, derandomize=DERANDOMIZE,
     suppress_health_check=[HealthCheck.too_slow],

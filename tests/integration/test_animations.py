@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from safegen.app import create_app, engine_config
+from safegen.app import create_app
+from safegen.moderation.engine import EngineConfig
 from tests.support import images
 from tests.support.app_client import running_app, settings_for
 from tests.support.red_model import RedEngine
@@ -19,7 +20,7 @@ from tests.support.red_model import RedEngine
 @asynccontextmanager
 async def red_app(tiny_vit_dir, **overrides):
     settings = settings_for(tiny_vit_dir, **overrides)
-    async with RedEngine(engine_config(settings)) as engine, running_app(
+    async with RedEngine(EngineConfig.from_settings(settings)) as engine, running_app(
         create_app(settings, classifier=engine)
     ) as client:
         yield client, engine

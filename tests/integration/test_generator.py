@@ -22,6 +22,15 @@ from safegen.errors import (
     Overloaded,
 )
 from safegen.generation import DiffusersGenerator, GenerationRequest, Generator
+from safegen.generation.diffusers_backend import build_generator
+from safegen.settings import Settings
+
+
+def tiny_generator(model: str | Path, **settings: Any) -> DiffusersGenerator:
+    """The generator the service builds for ``model`` on the CPU, with ``settings`` changed."""
+    generator = build_generator(Settings(generator_model=str(model), device="cpu", **settings))
+    assert generator is not None
+    return generator
 
 
 def _req(**overrides: Any) -> GenerationRequest:
@@ -44,7 +53,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
 def generator(tiny_sd_dir: Path) -> Iterator[DiffusersGenerator]:
     # The generator's state lives in its own worker thread, not in an event loop, so one started
     # instance can serve every test's loop.
-    gen = DiffusersGenerator(str(tiny_sd_dir), device="cpu")
+    gen = tiny_generator(tiny_sd_dir)
     asyncio.run(gen.start())
     yield gen
     asyncio.run(gen.stop())
@@ -236,7 +245,7 @@ async def test_invalid_requests_name_the_field(
 
 
 async def test_not_ready_before_start_and_after_stop(tiny_sd_dir: Path) -> None:
-    gen = DiffusersGenerator(str(tiny_sd_dir), device="cpu", warmup_steps=0)
+    gen = tiny_generator(tiny_sd_dir, generator_warmup_steps=0)
     with pytest.raises(NotReady):
         await gen.generate(_req())
     async with gen:
@@ -250,7 +259,7 @@ async def test_not_ready_before_start_and_after_stop(tiny_sd_dir: Path) -> None:
 
 
 async def test_missing_model_offline_is_one_clear_line(hf_offline: Path) -> None:
-    gen = DiffusersGenerator("someorg/missing-diffusion-model", device="cpu", cache_dir=hf_offline)
+    gen = tiny_generator("someorg/missing-diffusion-model", model_cache_dir=hf_offline)
     with pytest.raises(ModelUnavailable) as info:
         await gen.start()
     await gen.stop()
@@ -263,7 +272,7 @@ async def test_missing_model_offline_is_one_clear_line(hf_offline: Path) -> None
 
 async def test_broken_local_model_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", ')
-    gen = DiffusersGenerator(str(tmp_path), device="cpu", env_var="SAFEGEN_GENERATOR_MODEL")
+    gen = tiny_generator(tmp_path)
     with pytest.raises(ModelUnavailable) as info:
         await gen.start()
     await gen.stop()
@@ -280,7 +289,7 @@ async def test_a_model_that_cannot_generate_fails_at_start(
         raise RuntimeError("boom")
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", broken)
-    gen = DiffusersGenerator(str(tiny_sd_dir), device="cpu")
+    gen = tiny_generator(tiny_sd_dir)
     with pytest.raises(ModelUnavailable):
         await gen.start()
     assert not gen.ready

@@ -90,6 +90,26 @@ def test_ray_failures_become_overloaded_not_ready_or_the_fixed_fallback(caplog):
     assert "secret" not in caplog.text
 
 
+async def test_a_generated_image_goes_to_the_classifier_at_the_models_input_size():
+    """The ingress sends the classifier replica ~150 KB, not the generated megapixels."""
+    from safegen.moderation.engine import Score
+    from safegen.ray_serve.remote import ClassifierInfo, RemoteClassifier
+
+    sent: list[Image.Image] = []
+
+    class Method:  # stands in for a deployment handle's method (``handle.classify_image``)
+        def remote(self, image: Image.Image) -> Any:
+            sent.append(image)
+            return asyncio.sleep(0, Score("normal", 0.25, {"nsfw": 0.25, "normal": 0.75}))
+
+    handle = type("Handle", (), {"classify_image": Method()})()
+    classifier = RemoteClassifier(handle, ClassifierInfo("tiny", ["normal", "nsfw"], (224, 224)))
+    generated = Image.new("RGB", (1024, 1536), (200, 30, 30))
+    score = await classifier.classify_image(generated)
+    assert score.nsfw_score == 0.25
+    assert [image.size for image in sent] == [(224, 224)]
+
+
 def test_sizing_from_the_environment_keeps_each_deployments_defaults(monkeypatch):
     from safegen.ray_serve.config import RayServeConfig
 
@@ -252,8 +272,7 @@ async def test_ready_with_both_remote_components(ray_stack, client):
 async def test_concurrent_requests_fill_batches_on_both_classifier_replicas(
     ray_stack, client, tiny_vit_dir
 ):
-    from safegen.app import engine_config
-    from safegen.moderation.engine import ClassifierEngine
+    from safegen.moderation.engine import ClassifierEngine, EngineConfig
 
     images = [jpeg((i * 7 % 256, 90, 200 - i)) for i in range(32)]
     async with client() as http:
@@ -264,11 +283,12 @@ async def test_concurrent_requests_fill_batches_on_both_classifier_replicas(
         ))
         mixed = await http.post(
             "/v1/classify", headers=auth(KEY_A),
-            files=[("files", ("ok.jpg", images[0])), ("files", ("bad.jpg", b"not an image"))],
+            # Bytes no replica has seen: a copy of images[0] could be a result-cache hit.
+            files=[("files", ("ok.jpg", jpeg((1, 2, 3)))), ("files", ("bad.jpg", b"not an image"))],
         )
     assert [r.status_code for r in responses] == [200] * 32, responses[0].text
     # The remote path scores exactly like the in-process engine (same model, same preprocessing).
-    async with ClassifierEngine(engine_config(ray_stack.settings)) as local:
+    async with ClassifierEngine(EngineConfig.from_settings(ray_stack.settings)) as local:
         expected = await local.classify_bytes(images)
     for response, score in zip(responses, expected, strict=True):
         assert response.json()["results"][0]["nsfw_score"] == pytest.approx(

@@ -26,6 +26,7 @@ from safegen.moderation.backends import (
 )
 from safegen.moderation.backends.registry import InferencePath
 from safegen.moderation.loading import LoadedClassifier, load_classifier
+from safegen.settings import Settings
 from tests.support import images
 from tests.support.tiny_models import build_full_vit_b16
 
@@ -37,8 +38,9 @@ CPU_PATHS = [
 
 def photo_batch(count: int) -> np.ndarray:
     """Decoded photo-like JPEGs plus one flat and one noise image: the pixels the engine ships."""
+    limits = ImageLimits.from_settings(Settings())
     pixels = [
-        decode_for_model(images.jpeg(seed, (320, 480)), ImageLimits(), (224, 224), fast=True)
+        decode_for_model(images.jpeg(seed, (320, 480)), limits, (224, 224), fast=True)
         for seed in range(count - 2)
     ]
     rng = np.random.default_rng(0)

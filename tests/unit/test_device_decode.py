@@ -21,13 +21,13 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from safegen.app import preflight
 from safegen.errors import ImageError, ModelUnavailable
 from safegen.imaging import ImageLimits, decode_for_model
 from safegen.moderation.device_decode import NEEDS_TORCHVISION, DeviceDecoder, EncodedJpeg
 from safegen.moderation.engine import ClassifierEngine, EngineConfig
+from safegen.preflight import preflight
 from safegen.settings import Settings
-from tests.support import images
+from tests.support import engines, images
 
 # max |delta p| of device decoding against the exact CPU path (full decode, PIL bilinear): the
 # stand-in decodes with the same libjpeg, so this measures the resize; nvjpeg's IDCT may differ
@@ -82,8 +82,9 @@ def fake_torchvision(monkeypatch: pytest.MonkeyPatch) -> FakeTorchvision:
 
 
 def engine_config(model_dir: Path, *, device_decode: bool, backend: str = "torch") -> EngineConfig:
-    return EngineConfig(model=str(model_dir), device="cpu", backend=backend, precision="fp32",
-                        fast_decode=False, device_decode=device_decode, auto_batch_size=False)
+    return engines.engine_config(model_dir, device="cpu", backend=backend, precision="fp32",
+                                 fast_decode=False, device_decode=device_decode,
+                                 auto_batch_size=False)
 
 
 def rotated_jpeg() -> bytes:
@@ -95,9 +96,10 @@ def rotated_jpeg() -> bytes:
 
 def test_device_resize_matches_pil_bilinear(fake_torchvision):
     decoder = DeviceDecoder(torch.device("cpu"), (224, 224))
+    limits = ImageLimits.from_settings(Settings())
     for data in [images.jpeg(1), images.jpeg(2, (300, 200)), images.jpeg(3, (1000, 1000))]:
         (pixels,) = decoder.decode([EncodedJpeg(data)])
-        expected = decode_for_model(data, ImageLimits(), (224, 224), fast=False)
+        expected = decode_for_model(data, limits, (224, 224), fast=False)
         difference = np.abs(pixels.numpy().astype(int) - expected.astype(int))
         assert pixels.shape == (224, 224, 3)
         assert pixels.dtype == torch.uint8

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
-from safegen.moderation.engine import ClassifierEngine, EngineConfig, available_cpus
+from safegen.moderation.engine import ClassifierEngine, available_cpus
+from tests.support.engines import engine_config
 
 
 @pytest.mark.parametrize(("configured", "expected"), [(0, available_cpus()), (3, 3)])
 def test_decode_threads_default_to_one_per_available_core(configured, expected):
-    engine = ClassifierEngine(EngineConfig(model="unused", decode_threads=configured))
+    engine = ClassifierEngine(engine_config("unused", decode_threads=configured))
     assert engine.decode_threads == expected
 
 

@@ -10,9 +10,10 @@ from PIL import Image
 
 from safegen.errors import ImageError, TooLarge, UnsupportedFormat
 from safegen.imaging import ImageLimits, decode_for_model, encode_jpeg, md5_hex, open_checked
+from safegen.settings import Settings
 from tests.support import images
 
-LIMITS = ImageLimits(max_bytes=5_000_000, max_pixels=4_000_000)
+LIMITS = ImageLimits.from_settings(Settings(max_image_bytes=5_000_000, max_image_pixels=4_000_000))
 
 
 @pytest.mark.parametrize(
@@ -41,7 +42,7 @@ def test_truncated_jpeg_is_an_image_error():
 
 def test_byte_limit_is_checked_before_parsing():
     with pytest.raises(TooLarge, match="SAFEGEN_MAX_IMAGE_BYTES"):
-        open_checked(b"\xff" * 101, ImageLimits(max_bytes=100))
+        open_checked(b"\xff" * 101, ImageLimits.from_settings(Settings(max_image_bytes=100)))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "JPEG"])

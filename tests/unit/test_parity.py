@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from safegen.moderation.backends.registry import parity_bound
-from safegen.moderation.engine import ClassifierEngine, EngineConfig
+from safegen.moderation.engine import ClassifierEngine
 from tests.support import images
+from tests.support.engines import engine_config
 from tests.support.tiny_models import build_full_vit_b16
 
 FAST_DECODE_BOUND = 2e-2
@@ -49,8 +50,8 @@ async def engine_scores(
     model_dir: Path, *, fast: bool, precision: str, backend: str = "torch",
     cache: Path | None = None,
 ) -> np.ndarray:
-    config = EngineConfig(model=str(model_dir), fast_decode=fast, precision=precision,
-                          device="cpu", backend=backend, cache_dir=cache, auto_batch_size=False)
+    config = engine_config(model_dir, fast_decode=fast, precision=precision, device="cpu",
+                           backend=backend, model_cache_dir=cache, auto_batch_size=False)
     async with ClassifierEngine(config) as engine:
         results = await engine.classify_bytes(TEST_IMAGES)
     return np.array([[r.scores["normal"], r.scores["nsfw"]] for r in results])  # type: ignore[union-attr]

@@ -16,9 +16,10 @@ import pytest
 from safegen.moderation import path_choice
 from safegen.moderation.backends import registry
 from safegen.moderation.backends.registry import InferencePath
-from safegen.moderation.engine import ClassifierEngine, EngineConfig
+from safegen.moderation.engine import ClassifierEngine
 from safegen.moderation.loading import LoadedClassifier, load_classifier
 from tests.support import images
+from tests.support.engines import engine_config
 
 P = InferencePath
 
@@ -183,9 +184,8 @@ async def test_engine_is_ready_only_after_the_choice_and_batches_within_its_cap(
     tiny_vit_dir, cache_dir, timings
 ):
     timings["by_size"] = {8: 20.0, 4: 24.0, 2: 21.0}
-    config = EngineConfig(model=str(tiny_vit_dir), device="cpu", backend="torch",
-                          precision="fp32", cache_dir=cache_dir, max_batch_size=8,
-                          max_batch_wait_s=0.05)
+    config = engine_config(tiny_vit_dir, device="cpu", backend="torch", precision="fp32",
+                           model_cache_dir=cache_dir, max_batch_size=8, max_batch_wait_ms=50)
     engine = ClassifierEngine(config)
     sizes: list[int] = []
     engine.metrics.batch_size.observe = sizes.append  # type: ignore[method-assign]

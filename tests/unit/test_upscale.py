@@ -10,6 +10,7 @@ from PIL import Image
 
 from safegen.errors import ModelUnavailable, NotReady
 from safegen.generation import DiffusersUpscaler, ResizeUpscaler, Upscaler, build_upscaler
+from safegen.settings import Settings
 
 
 def _gradient(width: int, height: int) -> Image.Image:
@@ -52,7 +53,7 @@ def test_resize_refuses_a_zero_factor() -> None:
     ("spec", "factor"), [("lanczos2x", 2), ("LANCZOS2X", 2), (" lanczos4x ", 4)]
 )
 def test_build_resize_upscaler(spec: str, factor: int) -> None:
-    upscaler = build_upscaler(spec, "cpu", None)
+    upscaler = build_upscaler(Settings(upscaler=spec, device="cpu"))
     assert isinstance(upscaler, ResizeUpscaler)
     assert upscaler.factor == factor
     assert upscaler.name == f"lanczos{factor}x"
@@ -60,12 +61,12 @@ def test_build_resize_upscaler(spec: str, factor: int) -> None:
 
 @pytest.mark.parametrize("spec", ["none", "None", "", "  ", "off"])
 def test_build_no_upscaler(spec: str) -> None:
-    assert build_upscaler(spec, "cpu", None) is None
+    assert build_upscaler(Settings(upscaler=spec, device="cpu")) is None
 
 
 @pytest.mark.parametrize("spec", ["stabilityai/sd-x2-latent-upscaler", "/models/my-upscaler"])
 def test_build_model_upscaler(spec: str, tmp_path: Path) -> None:
-    upscaler = build_upscaler(spec, "cpu", tmp_path)
+    upscaler = build_upscaler(Settings(upscaler=spec, device="cpu", model_cache_dir=tmp_path))
     assert isinstance(upscaler, DiffusersUpscaler)
     assert isinstance(upscaler, Upscaler)
     assert upscaler.model == spec
@@ -74,7 +75,9 @@ def test_build_model_upscaler(spec: str, tmp_path: Path) -> None:
 
 
 async def test_model_upscaler_missing_offline_is_one_clear_line(hf_offline: Path) -> None:
-    upscaler = build_upscaler("stabilityai/sd-x2-latent-upscaler", "cpu", hf_offline)
+    upscaler = build_upscaler(Settings(
+        upscaler="stabilityai/sd-x2-latent-upscaler", device="cpu", model_cache_dir=hf_offline
+    ))
     assert upscaler is not None
     with pytest.raises(ModelUnavailable) as info:
         await upscaler.start()
@@ -88,16 +91,18 @@ async def test_model_upscaler_missing_offline_is_one_clear_line(hf_offline: Path
 
 
 async def test_model_upscaler_refuses_a_text_to_image_model(tiny_sd_dir: Path) -> None:
-    upscaler = DiffusersUpscaler(str(tiny_sd_dir), device="cpu")
+    upscaler = DiffusersUpscaler(str(tiny_sd_dir), device="cpu", cache_dir=None,
+                                 num_inference_steps=2)
     with pytest.raises(ModelUnavailable, match="could not be loaded"):
         await upscaler.start()
     await upscaler.stop()
 
 
 async def test_model_upscaler_with_a_tiny_x4_pipeline(tiny_x4_upscaler_dir: Path) -> None:
-    upscaler = build_upscaler(str(tiny_x4_upscaler_dir), "cpu", None)
+    upscaler = build_upscaler(
+        Settings(upscaler=str(tiny_x4_upscaler_dir), device="cpu", upscaler_steps=2)
+    )
     assert isinstance(upscaler, DiffusersUpscaler)
-    upscaler.num_inference_steps = 2
     await upscaler.start()
     try:
         assert upscaler.factor == 4

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
 from safegen.api.image_inputs import decode_base64, decode_data_url, is_data_url
-from safegen.api.quota import charge, precheck
+from safegen.api.ratelimit_charges import charge, precheck
 from safegen.api.schemas import (
     ClassifyJsonRequest,
     ClassifyResponse,

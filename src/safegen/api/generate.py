@@ -10,13 +10,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
-from safegen.api.quota import charge, identity, precheck
+from safegen.api.ratelimit_charges import charge, identity, precheck
 from safegen.api.schemas import ErrorBody, ErrorResponse
 from safegen.delivery.headers import check_upload_header, parse_header_line
 from safegen.errors import InvalidInput, NotReady
 from safegen.generation.base import GenerationRequest
 from safegen.moderation.verdict import choose_threshold
-from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome, GenerateService
+from safegen.services.generate_service import (
+    Delivery,
+    GenerateJob,
+    GenerateOutcome,
+    GenerateService,
+)
 from safegen.settings import Settings
 
 router = APIRouter(tags=["generation"], dependencies=[Depends(require_api_key)])
@@ -116,12 +121,12 @@ async def generate(request: Request) -> Any:
     raw = await read_body(request, settings.generate_max_body_bytes,
                           "SAFEGEN_GENERATE_MAX_BODY_BYTES")
     job = build_job(await parse_json(raw, GenerateBody), settings, client=identity(request))
-    quota_headers = await charge(request, "/generate")
+    rate_headers = await charge(request, "/generate")
     outcome = await service.submit(job)
     if outcome.nsfw:
         request.app.state.metrics.nsfw_flagged.labels(route="/generate").inc()
     response = render(outcome, request)
-    response.headers.update(quota_headers)
+    response.headers.update(rate_headers)
     # Standard Server-Timing: where the time went (generation vs scoring, encoding and upload).
     response.headers["Server-Timing"] = ", ".join(
         f"{stage};dur={seconds * 1000:.1f}" for stage, seconds in outcome.timings_s.items()

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
 from safegen.api.generate import GenerateBody, GenerateData, build_job
-from safegen.api.quota import charge, identity, precheck
+from safegen.api.ratelimit_charges import charge, identity, precheck
 from safegen.api.schemas import ErrorBody, ErrorResponse
 from safegen.errors import NotReady
 from safegen.jobs.model import DEFAULT_EVENTS
@@ -82,7 +82,7 @@ async def create_generation(request: Request) -> Any:
     body = await parse_json(raw, GenerationBody)
     generate_fields = body.model_dump(exclude={"webhook", "webhook_events_filter"})
     job = build_job(GenerateBody(**generate_fields), settings, client=identity(request))
-    quota_headers = await charge(request, "/generate")
+    rate_headers = await charge(request, "/generate")
     service = request.app.state.generate_service
     if job.delivery is not None:  # refused now rather than when a worker takes the job
         await service.prepare_delivery(job.delivery)
@@ -92,7 +92,7 @@ async def create_generation(request: Request) -> Any:
         job, _owner(request), str(request.base_url), body.webhook,
         list(body.webhook_events_filter),
     )
-    return JSONResponse(record.public(), status_code=202, headers=quota_headers)
+    return JSONResponse(record.public(), status_code=202, headers=rate_headers)
 
 
 @router.get(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safegen.api.auth import require_api_key
 from safegen.api.bodies import parse_json, read_body
 from safegen.api.image_inputs import decode_data_url, is_data_url
-from safegen.api.quota import charge, precheck
+from safegen.api.ratelimit_charges import charge, precheck
 from safegen.api.schemas import ErrorResponse
 from safegen.errors import ImageError, InvalidInput, SafegenError, TooLarge, UnsupportedInput
 from safegen.moderation.base import Classifier, Score

@@ -28,6 +28,7 @@ from safegen.settings import Settings
 logger = logging.getLogger("safegen.generation")
 
 _KIND = "image generator"
+_ENV_VAR = "SAFEGEN_GENERATOR_MODEL"
 _FAILED = "image generation failed"
 
 
@@ -36,7 +37,7 @@ def build_generator(settings: Settings) -> DiffusersGenerator | None:
     if settings.generator_model.strip().lower() in ("", "none"):
         return None
     return DiffusersGenerator(
-        settings.generator_model, settings.device, settings.model_cache_dir,
+        settings.generator_model, device=settings.device, cache_dir=settings.model_cache_dir,
         warmup_steps=settings.generator_warmup_steps, max_pending=settings.generator_max_pending,
     )
 
@@ -53,21 +54,19 @@ class DiffusersGenerator:
     def __init__(
         self,
         model: str,
-        device: str = "auto",
-        cache_dir: Path | None = None,
-        warmup_steps: int = 1,
         *,
-        name: str | None = None,
-        env_var: str = "SAFEGEN_GENERATOR_MODEL",
-        max_pending: int = 16,
+        device: str,
+        cache_dir: Path | None,
+        warmup_steps: int,
+        max_pending: int,
     ) -> None:
+        """Values come from ``Settings`` (:func:`build_generator`); none are defaulted here."""
         self.model = model
-        self.name = name or model.rstrip("/").rsplit("/", 1)[-1]
+        self.name = model.rstrip("/").rsplit("/", 1)[-1]
         self.requested_device = device
         self.device = "cpu"
         self.cache_dir = cache_dir
         self.warmup_steps = warmup_steps
-        self.env_var = env_var
         self.max_pending = max_pending
         self.pipeline: Any = None
         self._executor: ThreadPoolExecutor | None = None
@@ -114,7 +113,7 @@ class DiffusersGenerator:
                 # A model that loads but cannot generate is not usable: fail start-up, not requests.
                 self.pipeline = None
                 raise ModelUnavailable(
-                    load_failed_message(self.model, _KIND, self.env_var)
+                    load_failed_message(self.model, _KIND, _ENV_VAR)
                 ) from None
             logger.info("generator warmed up in %.2f s", time.perf_counter() - started)
 
@@ -164,7 +163,7 @@ class DiffusersGenerator:
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
         source = resolve_model(
-            self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir
+            self.model, kind=_KIND, env_var=_ENV_VAR, cache_dir=self.cache_dir
         )
         self.device = resolve_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
@@ -182,7 +181,7 @@ class DiffusersGenerator:
             pipeline = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
             pipeline.to(self.device)
         except Exception as exc:
-            raise model_unavailable(self.model, kind=_KIND, env_var=self.env_var, exc=exc) from exc
+            raise model_unavailable(self.model, kind=_KIND, env_var=_ENV_VAR, exc=exc) from exc
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
         logger.info(

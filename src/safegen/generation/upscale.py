@@ -23,10 +23,12 @@ from PIL import Image
 from safegen.devices import resolve_device
 from safegen.errors import GenerationFailed, ModelUnavailable, NotReady
 from safegen.hub import load_failed_message, model_unavailable, resolve_model
+from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.generation")
 
 _KIND = "upscaler"
+_ENV_VAR = "SAFEGEN_UPSCALER"
 # The diffusers pipeline classes that upscale, and by how much.
 _FACTORS = {"StableDiffusionLatentUpscalePipeline": 2, "StableDiffusionUpscalePipeline": 4}
 
@@ -77,12 +79,12 @@ class DiffusersUpscaler:
     def __init__(
         self,
         model: str,
-        device: str = "auto",
-        cache_dir: Path | None = None,
         *,
-        num_inference_steps: int = 20,
-        env_var: str = "SAFEGEN_UPSCALER",
+        device: str,
+        cache_dir: Path | None,
+        num_inference_steps: int,
     ) -> None:
+        """Values come from ``Settings`` (:func:`build_upscaler`); none are defaulted here."""
         self.model = model
         self.name = model.rstrip("/").rsplit("/", 1)[-1]
         self.factor = 2  # the real value is known once the pipeline is loaded
@@ -90,7 +92,6 @@ class DiffusersUpscaler:
         self.device = "cpu"
         self.cache_dir = cache_dir
         self.num_inference_steps = num_inference_steps
-        self.env_var = env_var
         self.pipeline: Any = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -117,7 +118,7 @@ class DiffusersUpscaler:
         from diffusers import DiffusionPipeline
 
         source = resolve_model(
-            self.model, kind=_KIND, env_var=self.env_var, cache_dir=self.cache_dir
+            self.model, kind=_KIND, env_var=_ENV_VAR, cache_dir=self.cache_dir
         )
         self.device = resolve_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
@@ -127,11 +128,11 @@ class DiffusersUpscaler:
             )
             pipeline.to(self.device)
         except Exception as exc:
-            raise model_unavailable(self.model, kind=_KIND, env_var=self.env_var, exc=exc) from exc
+            raise model_unavailable(self.model, kind=_KIND, env_var=_ENV_VAR, exc=exc) from exc
         factor = _FACTORS.get(type(pipeline).__name__)
         if factor is None:
             logger.error("%r is a %s, not an upscaler", self.model, type(pipeline).__name__)
-            raise ModelUnavailable(load_failed_message(self.model, _KIND, self.env_var))
+            raise ModelUnavailable(load_failed_message(self.model, _KIND, _ENV_VAR))
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline, self.factor = pipeline, factor
 
@@ -161,18 +162,17 @@ class DiffusersUpscaler:
 _LANCZOS = re.compile(r"lanczos([2-8])x")
 
 
-def build_upscaler(
-    spec: str, device: str = "auto", cache_dir: Path | None = None
-) -> Upscaler | None:
-    """Build the upscaler a setting names; nothing is loaded until ``start()``.
+def build_upscaler(settings: Settings) -> Upscaler | None:
+    """Build the upscaler ``SAFEGEN_UPSCALER`` names; nothing is loaded until ``start()``.
 
     ``"none"`` (or empty): no upscaling. ``"lanczos2x"`` (the default; also ``lanczos3x`` ...
     ``lanczos8x``): a resize. Anything else: a hub id or local directory of a diffusion upscaler.
     """
-    key = spec.strip()
+    key = settings.upscaler.strip()
     if key.lower() in {"", "none", "off"}:
         return None
     match = _LANCZOS.fullmatch(key.lower())
     if match:
         return ResizeUpscaler(factor=int(match.group(1)), name=key.lower())
-    return DiffusersUpscaler(key, device, cache_dir)
+    return DiffusersUpscaler(key, device=settings.device, cache_dir=settings.model_cache_dir,
+                             num_inference_steps=settings.upscaler_steps)

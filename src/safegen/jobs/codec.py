@@ -12,7 +12,7 @@ from typing import Any
 
 from safegen.errors import SafegenError
 from safegen.generation.base import GenerationRequest
-from safegen.services.generate import Delivery, GenerateJob, GenerateOutcome
+from safegen.services.generate_service import Delivery, GenerateJob, GenerateOutcome
 
 
 def encode_job(job: GenerateJob) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from safegen.jobs.codec import encode_job
 from safegen.jobs.errors import JobNotCancelable, JobNotFound
 from safegen.jobs.model import EVENTS, JobRecord, WebhookEvent, is_job_id, new_job_id
 from safegen.jobs.queue import JobQueue
-from safegen.services.generate import GenerateJob
+from safegen.services.generate_service import GenerateJob
 
 
 class JobService:

@@ -14,7 +14,7 @@ from safegen.jobs.signing import parse_secret
 from safegen.jobs.webhooks import WebhookConfig, WebhookSender
 from safegen.jobs.worker import JobWorker, WorkerConfig
 from safegen.metrics import Metrics
-from safegen.services.generate import GenerateService
+from safegen.services.generate_service import GenerateService
 from safegen.settings import Settings
 
 WEBHOOK_SENDERS = 4  # concurrent deliveries per process; each waits on the queue when idle

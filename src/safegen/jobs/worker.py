@@ -9,7 +9,6 @@ it, waits a moment and goes on: one Redis hiccup never stops a worker for good.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import socket
@@ -24,7 +23,7 @@ from safegen.jobs.model import JobRecord, WebhookEvent
 from safegen.jobs.queue import Claim, JobQueue, WebhookClaim
 from safegen.jobs.webhooks import WebhookSender
 from safegen.metrics import Metrics
-from safegen.services.generate import GenerateService
+from safegen.services.generate_service import GenerateService
 
 logger = logging.getLogger("safegen.jobs")
 
@@ -176,9 +175,9 @@ class JobWorker:
         assert self.service is not None
         try:
             # Admission checks the delivery target again: the URL may have expired while the job
-            # waited. The job counts against its owner's share like a /generate request.
-            job = dataclasses.replace(decode_job(record.job), client=f"key:{record.owner}")
-            outcome = await self.service.submit(job)
+            # waited. The job counts against its submitter's share (``client``, set by the route)
+            # like a /generate request.
+            outcome = await self.service.submit(decode_job(record.job))
         except asyncio.CancelledError:
             raise  # stopping: the claim stays, and another worker takes the job over
         except Exception as exc:

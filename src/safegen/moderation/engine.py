@@ -89,35 +89,59 @@ class ModelTimePerImage:
         self.seconds = sample if previous is None else previous + self.WEIGHT * (sample - previous)
 
 
-_SETTING_DEFAULTS = Settings.model_fields  # new fields take their defaults from the one source
-
-
 @dataclass(frozen=True)
 class EngineConfig:
+    """What the engine runs with; no defaults here: :meth:`from_settings` gives ``Settings``'."""
+
     model: str
-    cache_dir: Path | None = None
-    device: str = "auto"
-    backend: str = "auto"
-    precision: str = "auto"
-    fast_decode: bool = True
-    max_batch_size: int = 32
-    max_batch_wait_s: float = 0.005
-    max_queue_images: int = 512
-    max_queue_wait_s: float = 30.0
-    decode_threads: int = 0  # 0: one per CPU core available to the process
-    torch_threads: int = 0
-    inference_timeout_s: float = 30.0
-    device_decode: bool = False  # JPEGs decoded on the model's device (torchvision)
-    auto_max_drift: float = _SETTING_DEFAULTS["auto_max_drift"].default
-    auto_batch_size: bool = _SETTING_DEFAULTS["auto_batch_size"].default
-    limits: ImageLimits = ImageLimits()
-    decode_memory_bytes: int = 512 * 2**20  # decoded pixels held at once by all decode threads
-    frames: FrameLimits = FrameLimits(
-        max_frames=_SETTING_DEFAULTS["max_frames"].default,
-        max_animation_frames=_SETTING_DEFAULTS["max_animation_frames"].default,
-        max_animation_pixels=_SETTING_DEFAULTS["max_animation_pixels"].default,
-    )
-    result_cache_size: int = _SETTING_DEFAULTS["result_cache_size"].default
+    cache_dir: Path | None
+    device: str
+    backend: str
+    precision: str
+    fast_decode: bool
+    max_batch_size: int
+    max_batch_wait_s: float
+    max_queue_images: int
+    max_queue_wait_s: float
+    decode_threads: int  # 0: one per CPU core available to the process
+    torch_threads: int
+    inference_timeout_s: float
+    device_decode: bool  # JPEGs decoded on the model's device (torchvision)
+    auto_max_drift: float
+    auto_batch_size: bool
+    limits: ImageLimits
+    decode_memory_bytes: int  # decoded pixels held at once by all decode threads
+    frames: FrameLimits
+    result_cache_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            model=settings.nsfw_model,
+            cache_dir=settings.model_cache_dir,
+            device=settings.device,
+            backend=settings.backend,
+            precision=settings.precision,
+            fast_decode=settings.fast_decode,
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queue_images=settings.max_queue_images,
+            max_queue_wait_s=settings.max_queue_wait_s,
+            decode_threads=settings.decode_threads,
+            torch_threads=settings.torch_threads,
+            inference_timeout_s=settings.inference_timeout_s,
+            device_decode=settings.device_decode,
+            auto_max_drift=settings.auto_max_drift,
+            auto_batch_size=settings.auto_batch_size,
+            limits=ImageLimits.from_settings(settings),
+            decode_memory_bytes=settings.decode_memory_mb * 2**20,
+            frames=FrameLimits(
+                max_frames=settings.max_frames,
+                max_animation_frames=settings.max_animation_frames,
+                max_animation_pixels=settings.max_animation_pixels,
+            ),
+            result_cache_size=settings.result_cache_size,
+        )
 
 
 class ClassifierEngine:

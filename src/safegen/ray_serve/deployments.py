@@ -23,12 +23,12 @@ from PIL import Image
 from ray import serve
 from ray.serve import Application, Deployment
 
-from safegen.app import create_app, engine_config
+from safegen.app import create_app
 from safegen.errors import ModelUnavailable, NotReady, SafegenError
 from safegen.generation.base import GenerationRequest
 from safegen.generation.diffusers_backend import build_generator
 from safegen.metrics import Metrics
-from safegen.moderation.engine import ClassifierEngine, Score
+from safegen.moderation.engine import ClassifierEngine, EngineConfig, Score
 from safegen.ray_serve.config import RayServeConfig
 from safegen.ray_serve.remote import ClassifierInfo, RemoteClassifier, RemoteGenerator
 from safegen.settings import Settings
@@ -66,7 +66,7 @@ class ClassifierDeployment:
 
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits it
         self._grace_s = settings.shutdown_grace_s
-        self._engine = ClassifierEngine(engine_config(settings), Metrics())
+        self._engine = ClassifierEngine(EngineConfig.from_settings(settings), Metrics())
         await self._engine.start()
 
     def describe(self) -> ClassifierInfo:
