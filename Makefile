@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev,onnx,int8,ray
 
-.PHONY: install serve demo test test-fast lint bench k8s-render clean
+.PHONY: install serve demo test test-fast test-shuffled mutation lint bench k8s-render clean
 
 install: $(VENV)/.installed
 
@@ -29,12 +29,24 @@ demo: install
 	SAFEGEN_GENERATOR_MODEL=.cache/demo-models/generator \
 	$(VENV)/bin/safegen serve
 
+# In file order (deterministic); `make test-shuffled` runs the same suite in a random order.
 test: install node_modules/.installed
 	bash scripts/system-deps.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -p no:randomly
 
 test-fast: install node_modules/.installed
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -p no:randomly -m "not slow"
+
+# pytest-randomly shuffles the tests; the seed is printed (rerun that order: make test-shuffled SEED=N).
+test-shuffled: install node_modules/.installed
+	bash scripts/system-deps.sh
+	$(PY) -m pytest $(if $(SEED),--randomly-seed=$(SEED))
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml). Not in CI: it takes about
+# an hour on 2 cores. Results stay in mutants/; a rerun tests only what changed.
+mutation: install
+	$(VENV)/bin/mutmut run
+	$(PY) scripts/mutation_report.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

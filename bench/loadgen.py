@@ -121,6 +121,9 @@ def safegen_server(
         "SAFEGEN_API_KEYS": key, "SAFEGEN_RATE_LIMIT": "", "SAFEGEN_LOG_LEVEL": "warning",
         # The baseline has no timeout; a forward pass on a busy 2-core box may be slow, not stuck.
         "SAFEGEN_INFERENCE_TIMEOUT_S": "600",
+        # Nor does it refuse work by expected wait: on a slow host two 64-image requests exceed the
+        # default 30 s and would be answered 503 at once, leaving nothing to compare.
+        "SAFEGEN_MAX_QUEUE_WAIT_S": "600",
         # Payloads repeat: the duplicate cache would stand in for the model in the figures.
         "SAFEGEN_RESULT_CACHE_SIZE": "0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),

@@ -8,9 +8,11 @@ from tests.support import images
 
 def _metric(engine, result: str) -> float:
     # The engine was built by the test, with its own metrics registry.
-    return engine.metrics.registry.get_sample_value(
+    value = engine.metrics.registry.get_sample_value(
         "safegen_result_cache_total", {"result": result}
     )
+    assert value is not None, f"no safegen_result_cache_total series for result={result}"
+    return value
 
 
 def _model_images(engine) -> int:

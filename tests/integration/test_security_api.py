@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import time
 from pathlib import Path
 
 import pytest
 
-from safegen.api.auth import key_digest
 from safegen.app import create_app
 from tests.support import images
-from tests.support.app_client import TEST_KEY, running_app, settings_for
+from tests.support.app_client import (
+    SMALL,
+    TEST_KEY,
+    generate_settings,
+    running_app,
+    settings_for,
+)
 
 PNG = images.png(1)
 
@@ -26,33 +33,46 @@ def classify_request(count: int = 1) -> dict:
         ({}, 401),
         ({"Authorization": "Bearer wrong-key-wrong-key-wrong"}, 401),
         ({"X-API-Key": "wrong-key-wrong-key-wrong"}, 401),
-        ({"Authorization": f"Bearer {TEST_KEY}"}, None),
-        ({"authorization": f"bearer {TEST_KEY}"}, None),
-        ({"X-API-Key": TEST_KEY}, None),
+        ({"Authorization": f"Bearer {TEST_KEY}"}, 200),
+        ({"authorization": f"bearer {TEST_KEY}"}, 200),
+        ({"X-API-Key": TEST_KEY}, 200),
     ],
     ids=["none", "wrong-bearer", "wrong-x-api-key", "bearer", "bearer-lowercase", "x-api-key"],
 )
-async def test_keys_protect_every_working_route(tiny_vit_dir, route, headers, status):
-    app = create_app(settings_for(tiny_vit_dir))
-    async with running_app(app, headers=headers) as client:
+async def test_keys_protect_every_working_route(
+    tiny_vit_dir, tiny_sd_dir, route, headers, status
+):
+    settings = (generate_settings(tiny_vit_dir, tiny_sd_dir) if route == "/generate"
+                else settings_for(tiny_vit_dir))
+    async with running_app(create_app(settings), headers=headers) as client:
         if route == "/metrics":
             response = await client.get(route)
+        elif route == "/generate":
+            response = await client.post(route, json={"prompt": "x", **SMALL,
+                                                      "response_format": "b64_json"})
         else:
             response = await client.post(route, **classify_request())
         assert (await client.get("/healthz")).status_code == 200  # always open
         assert (await client.get("/readyz")).status_code == 200
+    assert response.status_code == status, response.text
     if status == 401:
-        assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert response.json()["error"]["code"] == "unauthorized"
         assert TEST_KEY not in response.text
+    elif route == "/metrics":  # the work of the route itself, not only "let through"
+        assert "safegen_ready 1.0" in response.text
+    elif route == "/generate":
+        jpeg = base64.b64decode(response.json()["data"]["b64_json"])
+        assert response.json()["data"]["image_hash"] == hashlib.md5(jpeg).hexdigest()
     else:
-        assert response.status_code != 401
+        (result,) = response.json()["results"]
+        assert 0 <= result["nsfw_score"] <= 1
 
 
 async def test_sha256_digests_configure_keys_and_metrics_can_be_public(tiny_vit_dir):
-    settings = settings_for(tiny_vit_dir, api_keys=[f"sha256:{key_digest(TEST_KEY)}"],
-                            metrics_public=True)
+    # The README's "sha256:<hex>" form, the digest computed here as an operator would.
+    digest = hashlib.sha256(TEST_KEY.encode()).hexdigest()
+    settings = settings_for(tiny_vit_dir, api_keys=[f"sha256:{digest}"], metrics_public=True)
     async with running_app(create_app(settings), headers={}) as client:
         assert (await client.get("/metrics")).status_code == 200
         refused = await client.post("/v1/classify", **classify_request())
@@ -95,20 +115,37 @@ async def test_rate_limit_counts_images_and_sends_headers(tiny_vit_dir):
     assert "rate_limited" in metrics
 
 
-async def test_limits_are_per_key_and_reset(tiny_vit_dir):
-    import asyncio
+class Clock:
+    """Wall-clock time for the in-memory rate-limit storage, moved forward by the test."""
 
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_limits_are_per_key_and_reset(tiny_vit_dir, monkeypatch):
+    import limits.aio.storage.memory as memory_storage
+
+    # The window is measured by the storage's clock: the test moves it instead of sleeping, so
+    # a slow machine cannot let the window pass between the requests meant to share it.
+    clock = Clock()
+    monkeypatch.setattr(memory_storage, "time", clock)
     other = "another-key-not-a-secret-98765"
-    settings = settings_for(tiny_vit_dir, api_keys=[TEST_KEY, other], rate_limit="2 per 2 seconds")
+    settings = settings_for(tiny_vit_dir, api_keys=[TEST_KEY, other], rate_limit="2/minute")
     async with running_app(create_app(settings)) as client:
         statuses = [(await client.post("/v1/classify", **classify_request())).status_code
                     for _ in range(3)]
         other_key = await client.post("/v1/classify", headers={"Authorization": f"Bearer {other}"},
                                       **classify_request())
-        await asyncio.sleep(2.1)
+        clock.now += 59
+        still_limited = await client.post("/v1/classify", **classify_request())
+        clock.now += 2  # a minute and a second after the first two requests
         after_reset = await client.post("/v1/classify", **classify_request())
     assert statuses == [200, 200, 429]
     assert other_key.status_code == 200
+    assert still_limited.status_code == 429
     assert after_reset.status_code == 200
 
 

@@ -34,7 +34,9 @@ class Sender:
         self.waits.append(seconds)
 
     def count(self, name: str, **labels: str) -> float:
-        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+        value = self.metrics.registry.get_sample_value(name, labels)
+        assert value is not None, f"no series {name}{labels}"  # a missing series is no zero
+        return value
 
 
 def event(url: str) -> WebhookEvent:

@@ -33,7 +33,8 @@ from tests.support.processes import stop_process
 __all__ = ["S3Endpoint", "fault_server", "moto_s3", "s3rver", "test_ca", "tls_fault_server"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-S3RVER_BIN = REPO_ROOT / "node_modules" / ".bin" / "s3rver"
+# The package's own script, not the .bin link: a copied tree (mutation testing) breaks the link.
+S3RVER_BIN = REPO_ROOT / "node_modules" / "s3rver" / "bin" / "s3rver.js"
 START_TIMEOUT_S = 20.0
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 

@@ -146,15 +146,23 @@ def test_every_referenced_metric_exists() -> None:
     assert not unknown, f"not in safegen.metrics: {sorted(unknown)}"
 
 
-def test_selectors_use_existing_labels() -> None:
+def selector_problems(exprs: list[str]) -> tuple[int, list[str]]:
+    """(label matchers checked, problems): each ``safegen_x{label=...}`` names a label of x."""
     exposed = series_labels()
-    for expr in all_exprs():
+    checked, problems = 0, []
+    for expr in exprs:
         for name, matchers in SELECTOR.findall(STRING.sub('""', expr)):
-            unknown = set(MATCHER_NAME.findall(matchers)) - exposed.get(name, set()) - TARGET_LABELS
-            assert not unknown, f"{name} has no label {sorted(unknown)} in: {expr}"
+            labels = set(MATCHER_NAME.findall(matchers))
+            checked += len(labels)
+            unknown = labels - exposed.get(name, set()) - TARGET_LABELS
+            if unknown:
+                problems.append(f"{name} has no label {sorted(unknown)} in: {expr}")
+    return checked, problems
 
 
-def test_grouping_labels_exist() -> None:
+def grouping_problems(exprs: list[str]) -> tuple[int, list[str]]:
+    """(grouping labels checked, problems): ``by (...)``/``on (...)`` name labels that exist
+    on the metrics (or the recording rules' metrics) the expression reads."""
     exposed = series_labels()
     recorded = {rule["record"]: rule["expr"] for rule in rules() if "record" in rule}
 
@@ -165,18 +173,52 @@ def test_grouping_labels_exist() -> None:
             metrics |= underlying(recorded[name])
         return metrics
 
-    for expr in all_exprs():
+    checked, problems = 0, []
+    for expr in exprs:
         allowed = TARGET_LABELS | {"le"}
         allowed = allowed.union(*(exposed[m] for m in underlying(expr)))
         for group in GROUPING.findall(expr):
             labels = {label.strip() for label in group.split(",") if label.strip()}
-            assert labels <= allowed, f"unknown labels {sorted(labels - allowed)} in: {expr}"
+            checked += len(labels)
+            if not labels <= allowed:
+                problems.append(f"unknown labels {sorted(labels - allowed)} in: {expr}")
+    return checked, problems
+
+
+def used_recording_rules(exprs: list[str]) -> set[str]:
+    return {name for expr in exprs for name in identifiers(expr) if ":" in name}
+
+
+def test_selectors_use_existing_labels() -> None:
+    checked, problems = selector_problems(all_exprs())
+    assert not problems, problems
+    assert checked >= 10, f"only {checked} label matchers found: the extraction is broken"
+
+
+def test_grouping_labels_exist() -> None:
+    checked, problems = grouping_problems(all_exprs())
+    assert not problems, problems
+    assert checked >= 10, f"only {checked} grouping labels found: the extraction is broken"
 
 
 def test_recording_rules_used_are_defined() -> None:
     recorded = {rule["record"] for rule in rules() if "record" in rule}
-    used = {name for expr in all_exprs() for name in identifiers(expr) if ":" in name}
+    used = used_recording_rules(all_exprs())
+    assert used, "no recording rule is used: the extraction is broken"
     assert used <= recorded, f"undefined recording rules: {sorted(used - recorded)}"
+
+
+def test_the_checks_catch_a_planted_mistake() -> None:
+    """Each check above, fed one wrong expression, reports it (they cannot pass by matching
+    nothing)."""
+    wrong_label = 'sum(rate(safegen_uploads_total{outcome="failure"}[5m]))'  # label is "result"
+    assert selector_problems([wrong_label])[1]
+    assert not selector_problems(['rate(safegen_uploads_total{result="failure"}[5m])'])[1]
+    wrong_group = "sum by (route, bucket) (rate(safegen_http_requests_total[5m]))"
+    assert grouping_problems([wrong_group])[1]
+    assert not grouping_problems(["sum by (route) (rate(safegen_http_requests_total[5m]))"])[1]
+    assert used_recording_rules(["safegen:not_defined:ratio5m > 0"]) == {
+        "safegen:not_defined:ratio5m"}
 
 
 def test_every_alert_is_documented_and_unit_tested() -> None:

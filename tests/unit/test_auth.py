@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import io
 import logging
@@ -28,6 +29,11 @@ HASHED_KEY = "hashed-key-fedcba9876543210"
 OTHER_KEY = "other-key-5555555555555555"
 
 
+def sha256_hex(key: str) -> str:
+    """The README's ``sha256:<hex>`` digest, computed here, independently of the code under test."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 def make_app(auth: ApiKeyAuth | None, *, set_state: bool = True) -> FastAPI:
     app = FastAPI()
     if set_state:
@@ -50,7 +56,7 @@ def make_app(auth: ApiKeyAuth | None, *, set_state: bool = True) -> FastAPI:
 
 @pytest.fixture
 def auth() -> ApiKeyAuth:
-    return ApiKeyAuth([PLAIN_KEY, f"sha256:{key_digest(HASHED_KEY)}"])
+    return ApiKeyAuth([PLAIN_KEY, f"sha256:{sha256_hex(HASHED_KEY)}"])
 
 
 @pytest.fixture
@@ -85,14 +91,14 @@ async def test_wrong_key_is_401(client: httpx.AsyncClient, headers: dict[str, st
 async def test_bearer_any_casing(client: httpx.AsyncClient, scheme: str) -> None:
     response = await client.post("/v1/classify", headers={"Authorization": f"{scheme} {PLAIN_KEY}"})
     assert response.status_code == 200
-    assert response.json() == {"key_id": key_digest(PLAIN_KEY)[:12]}
+    assert response.json() == {"key_id": sha256_hex(PLAIN_KEY)[:12]}
 
 
 @pytest.mark.parametrize("path", ["/v1/classify", "/generate"])
 async def test_x_api_key_header(client: httpx.AsyncClient, path: str) -> None:
     response = await client.post(path, headers={"X-API-Key": PLAIN_KEY})
     assert response.status_code == 200
-    assert response.json() == {"key_id": key_digest(PLAIN_KEY)[:12]}
+    assert response.json() == {"key_id": sha256_hex(PLAIN_KEY)[:12]}
 
 
 async def test_sha256_configured_key(client: httpx.AsyncClient) -> None:
@@ -100,7 +106,7 @@ async def test_sha256_configured_key(client: httpx.AsyncClient) -> None:
     assert ok.status_code == 200
     # Knowing the configured digest is not knowing the key.
     digest_as_key = await client.post(
-        "/v1/classify", headers={"X-API-Key": f"sha256:{key_digest(HASHED_KEY)}"}
+        "/v1/classify", headers={"X-API-Key": f"sha256:{sha256_hex(HASHED_KEY)}"}
     )
     assert digest_as_key.status_code == 401
 
@@ -144,7 +150,7 @@ def test_every_digest_is_compared_without_early_exit(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
     auth = ApiKeyAuth([PLAIN_KEY, HASHED_KEY, OTHER_KEY])
     # The first configured key matches, yet all three digests are compared.
-    assert auth.authenticate({"x-api-key": PLAIN_KEY}) == key_digest(PLAIN_KEY)[:12]
+    assert auth.authenticate({"x-api-key": PLAIN_KEY}) == sha256_hex(PLAIN_KEY)[:12]
     assert len(calls) == 3
     assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in calls)
     calls.clear()
@@ -153,19 +159,27 @@ def test_every_digest_is_compared_without_early_exit(monkeypatch: pytest.MonkeyP
     assert len(calls) == 3
 
 
+def test_key_digest_is_sha256_hex() -> None:
+    # The digest an operator computes with ``sha256sum`` (FIPS 180-2's "abc" test vector).
+    assert key_digest("abc") == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+    assert key_digest(PLAIN_KEY) == sha256_hex(PLAIN_KEY)
+
+
 def test_only_digests_are_stored() -> None:
     auth = ApiKeyAuth([PLAIN_KEY])
     dump = repr(vars(auth)) + repr(auth)
     assert PLAIN_KEY not in dump
-    assert key_digest(PLAIN_KEY) not in repr(auth)
+    assert sha256_hex(PLAIN_KEY) not in repr(auth)
 
 
 def test_plain_and_hashed_forms_give_the_same_id() -> None:
     plain = ApiKeyAuth([PLAIN_KEY]).authenticate({"authorization": f"Bearer {PLAIN_KEY}"})
-    hashed = ApiKeyAuth([f"SHA256:{key_digest(PLAIN_KEY).upper()}"]).authenticate(
+    hashed = ApiKeyAuth([f"SHA256:{sha256_hex(PLAIN_KEY).upper()}"]).authenticate(
         {"x-api-key": PLAIN_KEY}
     )
-    assert plain == hashed == key_digest(PLAIN_KEY)[:12]
+    assert plain == hashed == sha256_hex(PLAIN_KEY)[:12]
     other = ApiKeyAuth([OTHER_KEY]).authenticate({"x-api-key": OTHER_KEY})
     assert other != plain
 
@@ -176,7 +190,7 @@ def test_keys_file(tmp_path: Path) -> None:
         "# service keys\n"
         "\n"
         f"{PLAIN_KEY}\n"
-        f"   sha256:{key_digest(HASHED_KEY)}   # alice\n"
+        f"   sha256:{sha256_hex(HASHED_KEY)}   # alice\n"
         "  # indented comment\n"
     )
     auth = ApiKeyAuth([], keys_file)

@@ -1,16 +1,18 @@
-"""JPEG decoding on the model's device (SAFEGEN_DEVICE_DECODE), against a stand-in torchvision.
+"""JPEG decoding on the model's device (SAFEGEN_DEVICE_DECODE), with torchvision when installed.
 
-torchvision has no CPU build on the development machines, so a stand-in module with the same
-``decode_jpeg`` contract (a list in, a list out, nothing at all when any image fails, EXIF
-orientation on request) decodes with PIL on the CPU. Everything else is real: the header checks in
-the decode threads, batching, the resize on the device (torch's antialiased bilinear, on the CPU
-here), its parity with the PIL path, per-image errors and the start-up checks.
+Where torchvision is installed (the hosts where the feature matters) its real ``decode_jpeg`` runs,
+only recorded on its way. Where it is not (it has no CPU build on the development machines), a
+stand-in module with the same contract (a list in, a list out, nothing at all when any image fails,
+EXIF orientation on request) decodes with PIL on the CPU. Everything else is real either way: the
+header checks in the decode threads, batching, the resize on the device (torch's antialiased
+bilinear, on the CPU here), its parity with the PIL path, per-image errors and the start-up checks.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib.machinery
+import importlib.util
 import io
 import sys
 import types
@@ -68,14 +70,35 @@ class FakeTorchvision:
         monkeypatch.setitem(sys.modules, "torchvision.io", io_module)
 
 
+class RecordedTorchvision:
+    """The installed torchvision, its ``decode_jpeg`` recorded like the stand-in's."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import torchvision.io
+
+        self.calls: list[dict[str, object]] = []
+        real = torchvision.io.decode_jpeg
+
+        def decode_jpeg(input, mode, device, apply_exif_orientation=False):  # noqa: A002
+            self.calls.append({"count": len(input), "mode": mode, "device": torch.device(device),
+                               "exif": apply_exif_orientation})
+            return real(input, mode=mode, device=device,
+                        apply_exif_orientation=apply_exif_orientation)
+
+        # DeviceDecoder imports decode_jpeg from torchvision.io when it is built, after this.
+        monkeypatch.setattr(torchvision.io, "decode_jpeg", decode_jpeg)
+
+
 @pytest.fixture
-def fake_torchvision(monkeypatch: pytest.MonkeyPatch) -> FakeTorchvision:
+def torchvision_decoder(monkeypatch: pytest.MonkeyPatch) -> FakeTorchvision | RecordedTorchvision:
+    """The real torchvision where installed, else the stand-in; either records its calls."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return RecordedTorchvision(monkeypatch)
     from transformers.utils import is_torchvision_available
 
-    # transformers caches this on first use: asked now, it never loads image processors through
-    # the stand-in, which has only ``decode_jpeg``
-    if is_torchvision_available():
-        pytest.skip("torchvision is installed: the stand-in would shadow it for transformers")
+    # transformers caches this on first use: asked now (False), it never loads image processors
+    # through the stand-in, which has only ``decode_jpeg``
+    assert not is_torchvision_available()
     fake = FakeTorchvision()
     fake.install(monkeypatch)
     return fake
@@ -94,7 +117,7 @@ def rotated_jpeg() -> bytes:
     return images.encode(images.photo_like(5, (400, 240)), exif=exif.tobytes())
 
 
-def test_device_resize_matches_pil_bilinear(fake_torchvision):
+def test_device_resize_matches_pil_bilinear(torchvision_decoder):
     decoder = DeviceDecoder(torch.device("cpu"), (224, 224))
     limits = ImageLimits.from_settings(Settings())
     for data in [images.jpeg(1), images.jpeg(2, (300, 200)), images.jpeg(3, (1000, 1000))]:
@@ -108,23 +131,23 @@ def test_device_resize_matches_pil_bilinear(fake_torchvision):
         assert difference.mean() < 0.2, difference.mean()
 
 
-async def test_scores_within_bound_of_cpu_path_and_batched(fake_torchvision, tiny_vit_dir):
+async def test_scores_within_bound_of_cpu_path_and_batched(torchvision_decoder, tiny_vit_dir):
     batch = [images.jpeg(seed) for seed in range(4)] + [images.png(9, (640, 480)), rotated_jpeg()]
     async with ClassifierEngine(engine_config(tiny_vit_dir, device_decode=False)) as engine:
         expected = await engine.classify_bytes(batch)
     async with ClassifierEngine(engine_config(tiny_vit_dir, device_decode=True)) as engine:
-        fake_torchvision.calls.clear()  # drop the warm-up
+        torchvision_decoder.calls.clear()  # drop the warm-up
         found = await engine.classify_bytes(batch)
     drift = max(abs(a.nsfw_score - b.nsfw_score) for a, b in zip(found, expected, strict=True))
     assert drift <= DEVICE_DECODE_BOUND, drift
-    decoded = sum(call["count"] for call in fake_torchvision.calls)
+    decoded = sum(call["count"] for call in torchvision_decoder.calls)
     assert decoded == 5  # the JPEGs (rotated one included); the PNG took the CPU path
     assert all(call["exif"] and call["device"] == torch.device("cpu")
-               for call in fake_torchvision.calls)
-    assert any(call["count"] > 1 for call in fake_torchvision.calls)  # batches, not one by one
+               for call in torchvision_decoder.calls)
+    assert any(call["count"] > 1 for call in torchvision_decoder.calls)  # batches, not one by one
 
 
-async def test_an_undecodable_jpeg_fails_alone(fake_torchvision, tiny_vit_dir):
+async def test_an_undecodable_jpeg_fails_alone(torchvision_decoder, tiny_vit_dir):
     batch = [images.jpeg(1), images.truncated_jpeg(2), images.jpeg(3)]
     async with ClassifierEngine(engine_config(tiny_vit_dir, device_decode=True)) as engine:
         results = await engine.classify_bytes(batch)
@@ -134,7 +157,7 @@ async def test_an_undecodable_jpeg_fails_alone(fake_torchvision, tiny_vit_dir):
     assert [isinstance(r, ImageError) for r in [*results, *again]] == [False, True, False, False]
 
 
-async def test_needs_the_torch_backend(fake_torchvision, tiny_vit_dir, tmp_path):
+async def test_needs_the_torch_backend(torchvision_decoder, tiny_vit_dir, tmp_path):
     config = engine_config(tiny_vit_dir, device_decode=True, backend="onnx")
     config = EngineConfig(**{**config.__dict__, "cache_dir": tmp_path})
     with pytest.raises(ModelUnavailable, match="needs the torch backend"):
@@ -142,7 +165,7 @@ async def test_needs_the_torch_backend(fake_torchvision, tiny_vit_dir, tmp_path)
             pass
 
 
-async def test_auto_chooses_among_torch_paths_only(fake_torchvision, tiny_vit_dir, tmp_path):
+async def test_auto_chooses_among_torch_paths_only(torchvision_decoder, tiny_vit_dir, tmp_path):
     """With device decoding on, ``auto`` must not measure its way to onnxruntime or OpenVINO."""
     config = engine_config(tiny_vit_dir, device_decode=True, backend="auto")
     config = EngineConfig(**{**config.__dict__, "cache_dir": tmp_path, "precision": "auto"})

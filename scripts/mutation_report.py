@@ -1,0 +1,70 @@
+"""Mutation score per module from mutmut's results (run after ``mutmut run``; ``make mutation``).
+
+Score = killed / (killed + survived + no tests): a mutant no test reaches counts against the
+module like a survivor. Timeouts count as killed (the mutant broke the code so it never answered).
+``--survivors`` lists every surviving mutant's name, for ``mutmut show NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+KILLED = {"killed", "timeout"}
+COUNTED = KILLED | {"survived", "no tests"}
+GOAL = 0.90
+# "safegen.delivery.uploader.xǁUploaderǁupload__mutmut_3" -> "safegen.delivery.uploader"
+MODULE = re.compile(r"^(?P<module>[\w.]+?)\.x(?:_|ǁ)")
+
+
+def results(mutmut: str) -> dict[str, str]:
+    out = subprocess.run([mutmut, "results", "--all", "true"], capture_output=True, text=True,
+                         check=True).stdout
+    statuses = {}
+    for line in out.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name:
+            statuses[name] = status
+    return statuses
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mutmut", default=str(Path(sys.executable).with_name("mutmut")))
+    parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    args = parser.parse_args()
+    by_module: dict[str, Counter[str]] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for name, status in results(args.mutmut).items():
+        match = MODULE.match(name)
+        module = match["module"] if match else name
+        by_module[module][status] += 1
+        if status in {"survived", "no tests"}:
+            survivors[module].append(name)
+    print(f"{'module':40} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8}"
+          f" {'not run':>7} {'score':>6}")
+    below = 0
+    for module in sorted(by_module):
+        counts = by_module[module]
+        total = sum(counts[s] for s in COUNTED)
+        killed = sum(counts[s] for s in KILLED)
+        not_run = sum(counts.values()) - total
+        if not total:
+            print(f"{module:40} {total:7} {'':6} {'':8} {'':8} {not_run:7}      -")
+            continue
+        score = killed / total
+        below += score < GOAL
+        print(f"{module:40} {total:7} {killed:6} {counts['survived']:8} {counts['no tests']:8} "
+              f"{not_run:7} {score:6.1%}{'' if score >= GOAL else '  < 90%'}")
+        if args.survivors:
+            for name in survivors[module]:
+                print(f"    {name}")
+    return 1 if below else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
