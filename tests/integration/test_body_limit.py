@@ -274,3 +274,105 @@ async def test_with_the_service_error_handlers_and_reject_hook() -> None:
 def test_negative_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         BodySizeLimitMiddleware(FastAPI(), max_bytes=-1)
+
+
+def expected_413(limit: int) -> tuple[dict, bytes]:
+    """The README's 413: JSON naming the setting and the limit, and a closed connection."""
+    body = json.dumps({"error": {
+        "code": "too_large",
+        "message": f"request body exceeds SAFEGEN_MAX_REQUEST_BYTES ({limit} bytes)",
+    }}).encode()
+    headers = {"content-type": "application/json", "content-length": str(len(body)),
+               "connection": "close"}
+    return headers, body
+
+
+async def call_middleware(
+    middleware: BodySizeLimitMiddleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[list[dict], list[bytes]]:
+    """Run one request through ``middleware``; returns what it sent and the chunks left unread."""
+    pending = list(chunks)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        # Reading past the last chunk would wait for a disconnect that never comes.
+        assert pending, "read past the end of the body"
+        part = pending.pop(0)
+        return {"type": "http.request", "body": part, "more_body": bool(pending)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": headers}
+    await middleware(scope, receive, send)
+    return sent, pending
+
+
+def response_of(sent: list[dict]) -> tuple[int, dict, bytes]:
+    start, body = sent
+    headers = {name.decode(): value.decode() for name, value in start["headers"]}
+    return start["status"], headers, body["body"]
+
+
+async def test_a_declared_body_within_the_drain_allowance_is_read_then_refused_exactly() -> None:
+    called: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        called.append(scope["path"])
+
+    middleware = BodySizeLimitMiddleware(app, max_bytes=1000)
+    # 1,600 bytes declared: over the limit, within twice the limit, so read to the end first
+    # (the client then reads the 413 instead of a connection reset).
+    sent, unread = await call_middleware(
+        middleware, [(b"content-length", b"1600")], [b"a" * 400] * 4
+    )
+    assert unread == []
+    assert called == []
+    headers, body = expected_413(1000)
+    assert response_of(sent) == (413, headers, body)
+
+
+async def test_a_declared_body_far_over_the_limit_is_refused_unread() -> None:
+    middleware = BodySizeLimitMiddleware(FastAPI(), max_bytes=1000)
+    sent, unread = await call_middleware(
+        middleware, [(b"content-length", b"2001")], [b"a" * 667] * 3
+    )
+    assert len(unread) == 3  # more than twice the limit: not one byte read
+    assert response_of(sent) == (413, *expected_413(1000))
+
+
+async def test_a_streamed_body_over_the_limit_gets_the_exact_413() -> None:
+    seen: list[int] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(len(message["body"]))
+            if not message["more_body"]:
+                break
+
+    middleware = BodySizeLimitMiddleware(app, max_bytes=1000)
+    sent, unread = await call_middleware(middleware, [], [b"a" * 400] * 5)
+    assert seen == [400, 400]  # the third chunk crossed the limit and was never handed over
+    assert len(unread) == 2
+    assert response_of(sent) == (413, *expected_413(1000))
+
+
+@pytest.mark.parametrize(("path", "checked"), [("/v1/classify", True), ("/healthz", False)])
+async def test_only_the_configured_paths_are_limited(path: str, checked: bool) -> None:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = BodySizeLimitMiddleware(app, max_bytes=10, paths_prefixes=["/v1/"])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"x" * 11, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await middleware({"type": "http", "path": path, "headers": []}, receive, send)
+    assert sent[0]["status"] == (413 if checked else 204)
