@@ -255,3 +255,43 @@ async def test_unresponsive_redis_is_bounded_by_the_timeout() -> None:
             await limiter.close()
     assert decision.status_code == 503
     assert elapsed < 1.0
+
+
+async def test_readiness_check_of_a_hung_storage_answers_false_within_its_deadline() -> None:
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        port = black_hole.getsockname()[1]
+        limiter = RateLimiter("5/minute", storage_uri=f"redis://127.0.0.1:{port}/0",
+                              storage_timeout_s=0.2)
+        try:
+            # The guard is 25x the deadline: it only catches a check that never returns.
+            assert await asyncio.wait_for(limiter.check(), 15) is False
+        finally:
+            await limiter.close()
+
+
+def test_storage_warnings_are_throttled_and_count_what_they_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from safegen.api.ratelimit import _ThrottledWarning
+
+    now = [1000.0]
+    warn = _ThrottledWarning(interval_s=30, clock=lambda: now[0])
+    failure = ConnectionError("redis://user:secret@cache.internal:6379 refused")
+    with caplog.at_level(logging.WARNING, logger="safegen.api.ratelimit"):
+        warn(failure, "fail_open")
+        for now[0] in (1010.0, 1020.0, 1029.0):
+            warn(failure, "fail_open")
+        now[0] = 1031.0
+        warn(failure, "fail_closed")
+        now[0] = 1040.0
+        warn(failure, "fail_open")
+        now[0] = 1062.0
+        warn(failure, "fail_open")
+    template = ("rate-limit storage unreachable (ConnectionError); applying {} "
+                "({} similar warnings suppressed)")
+    assert [r.getMessage() for r in caplog.records] == [
+        template.format("fail_open", 0), template.format("fail_closed", 3),
+        template.format("fail_open", 1),
+    ]

@@ -89,13 +89,16 @@ def _limits_uri(uri: str) -> str:
 class _ThrottledWarning:
     """Logs a storage failure at most once per ``interval_s``, counting the ones it held back."""
 
-    def __init__(self, interval_s: float = 30.0) -> None:
+    def __init__(
+        self, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval_s = interval_s
+        self._clock = clock
         self._last = -math.inf
         self._suppressed = 0
 
     def __call__(self, exc: BaseException, policy: str) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last < self.interval_s:
             self._suppressed += 1
             return
@@ -200,7 +203,7 @@ class RateLimiter:
                 return RateLimitDecision(
                     True, item.amount, None, None, reason="storage_unavailable"
                 )
-            return self._storage_failed(item, exc)
+            return self._storage_failed(exc)
         reset_epoch = math.ceil(reset)
         if allowed:
             return RateLimitDecision(True, item.amount, remaining, reset_epoch)
@@ -222,15 +225,15 @@ class RateLimiter:
         stats = await self._strategy.get_window_stats(item, route, identity)
         return allowed, stats.reset_time, max(0, int(stats.remaining))
 
-    def _storage_failed(self, item: RateLimitItem, exc: BaseException) -> RateLimitDecision:
+    def _storage_failed(self, exc: BaseException) -> RateLimitDecision:
         policy = "fail_open" if self.fail_open else "fail_closed"
         self._warn(exc, policy)
         if self._on_storage_error is not None:
             self._on_storage_error(policy)
         if self.fail_open:
-            return RateLimitDecision(True, item.amount, None, None, reason="storage_unavailable")
+            return RateLimitDecision(True, None, None, None, reason="storage_unavailable")
         return RateLimitDecision(
-            False, item.amount, None, None, STORAGE_RETRY_AFTER_S, "storage_unavailable",
+            False, None, None, None, STORAGE_RETRY_AFTER_S, "storage_unavailable",
             "rate limiting is temporarily unavailable; retry later",
         )
 
