@@ -3,8 +3,10 @@ and in-process ASGI apps for what the app does with the error."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import os
 import socket
 import textwrap
@@ -297,8 +299,10 @@ async def call_middleware(
     async def receive() -> dict:
         # Reading past the last chunk would wait for a disconnect that never comes.
         assert pending, "read past the end of the body"
-        part = pending.pop(0)
-        return {"type": "http.request", "body": part, "more_body": bool(pending)}
+        message = {"type": "http.request", "body": pending.pop(0)}
+        if pending:
+            message["more_body"] = True  # the last message leaves it out: ASGI's default is False
+        return message
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -348,7 +352,7 @@ async def test_a_streamed_body_over_the_limit_gets_the_exact_413() -> None:
         while True:
             message = await receive()
             seen.append(len(message["body"]))
-            if not message["more_body"]:
+            if not message.get("more_body"):
                 break
 
     middleware = BodySizeLimitMiddleware(app, max_bytes=1000)
@@ -376,3 +380,28 @@ async def test_only_the_configured_paths_are_limited(path: str, checked: bool) -
 
     await middleware({"type": "http", "path": path, "headers": []}, receive, send)
     assert sent[0]["status"] == (413 if checked else 204)
+
+
+async def test_a_client_that_never_finishes_its_refused_body_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from safegen.api import body_limit
+
+    monkeypatch.setattr(body_limit, "DRAIN_TIMEOUT_S", 0.05)
+    sent: list[dict] = []
+
+    async def endless() -> dict:
+        await asyncio.sleep(0)
+        return {"type": "http.request", "body": b"a" * 10, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    middleware = BodySizeLimitMiddleware(FastAPI(), max_bytes=1000)
+    scope = {"type": "http", "path": "/", "headers": [(b"content-length", b"1500")]}
+    with caplog.at_level(logging.INFO, logger="safegen.api.body_limit"):
+        await asyncio.wait_for(middleware(scope, endless, send), 10)  # guard: a hang fails
+    assert response_of(sent) == (413, *expected_413(1000))
+    assert [r.getMessage() for r in caplog.records] == [
+        "client kept sending a refused body for 0 s; cut off"
+    ]
