@@ -1,12 +1,15 @@
 """A real HTTP server on 127.0.0.1 whose answer to each request is scripted, for upload tests.
 
 Each request takes the next :class:`Step` of the script (the last step repeats): answer a status,
-wait before answering (to trip the client's timeout), or drop the connection unanswered. Every
-request is recorded with its headers and body. Optionally serves TLS with a test CA.
+wait before answering (to trip the client's timeout), hold the answer until the test sets an
+event, or drop the connection unanswered. Every request is recorded with its headers
+and body, and every answer sent in full too, so a test can wait for either event instead of
+sleeping. Optionally serves TLS with a test CA.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ssl
 import threading
@@ -30,6 +33,7 @@ class Step:
     delay_s: float = 0.0  # wait this long before answering
     drop: bool = False  # close the connection without any answer
     trickle_s: float = 0.0  # send the body one byte per this many seconds (beats read timeouts)
+    hold: threading.Event | None = None  # answer only once the test sets it (or at teardown)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Recorded:
     headers: dict[str, str]  # names in lower case
     body: bytes
     at: float  # time.monotonic() when it arrived
+    status: int = 0  # in ``FaultServer.answered``: the status sent back in full
 
 
 class FaultServer:
@@ -48,9 +53,12 @@ class FaultServer:
 
     def __init__(self, tls: ssl.SSLContext | None = None, host_name: str = "127.0.0.1") -> None:
         self.requests: list[Recorded] = []
+        self.answered: list[Recorded] = []  # requests whose answer was sent in full, in order
         self._steps: list[Step] = [Step()]
         self._lock = threading.Lock()
+        self._changed = threading.Condition()  # notified on every arrival and every answer
         self.release = threading.Event()  # set at teardown so sleeping handlers finish at once
+        self._holds: list[threading.Event] = []  # every hold met, opened at teardown
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         if tls is not None:
             self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
@@ -71,9 +79,34 @@ class FaultServer:
         with self._lock:
             return self._steps.pop(0) if len(self._steps) > 1 else self._steps[0]
 
+    def _record(self, into: list[Recorded], request: Recorded) -> None:
+        with self._changed:
+            into.append(request)
+            self._changed.notify_all()
+
+    def wait_for_requests(self, count: int = 1, timeout_s: float = 30.0) -> list[Recorded]:
+        """Block until ``count`` requests have arrived; fail the test after ``timeout_s``."""
+        return self._wait(self.requests, count, timeout_s, "arrived")
+
+    def wait_for_answers(self, count: int = 1, timeout_s: float = 30.0) -> list[Recorded]:
+        """Block until ``count`` answers have been sent in full; fail after ``timeout_s``."""
+        return self._wait(self.answered, count, timeout_s, "been answered")
+
+    def _wait(
+        self, seen: list[Recorded], count: int, timeout_s: float, what: str
+    ) -> list[Recorded]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(seen) >= count, timeout_s):
+                raise AssertionError(f"{len(seen)} of {count} request(s) have {what} "
+                                     f"after {timeout_s} s")
+            return list(seen)
+
     def close(self) -> None:
         """Stop serving and wake any handler still waiting."""
         self.release.set()
+        with self._lock:
+            for hold in self._holds:
+                hold.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -107,12 +140,17 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             body = self._read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
-            server.requests.append(
-                Recorded(self.command, self.path, headers, body, time.monotonic())
-            )
+            request = Recorded(self.command, self.path, headers, body, time.monotonic())
+            server._record(server.requests, request)
             step = server._next_step()
             if step.delay_s:
                 server.release.wait(step.delay_s)
+            if step.hold is not None:
+                with server._lock:
+                    server._holds.append(step.hold)
+                    released = server.release.is_set()
+                if not released:
+                    step.hold.wait()
             if step.drop:
                 self.close_connection = True
                 self.connection.close()
@@ -131,8 +169,11 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                     self._trickle(step)
                 else:
                     self.wfile.write(step.body)
+                self.wfile.flush()
             except OSError:
                 self.close_connection = True  # the client gave up (timeout): nothing to do
+                return
+            server._record(server.answered, dataclasses.replace(request, status=step.status))
 
         def _trickle(self, step: Step) -> None:
             self.close_connection = True

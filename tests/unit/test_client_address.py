@@ -81,3 +81,19 @@ def test_parse_trusted_proxies() -> None:
 def test_rejects_other_objects() -> None:
     with pytest.raises(TypeError):
         client_ip(object(), PROXIES)
+
+
+@pytest.mark.parametrize(
+    ("address", "identity"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),  # same /64, same budget
+        ("unknown", "unknown"),
+    ],
+)
+def test_rate_limit_identity_of_an_address(address: str, identity: str) -> None:
+    from safegen.api.ratelimit_charges import address_identity
+
+    assert address_identity(address, 64) == identity

@@ -189,7 +189,13 @@ class GenerateService:
         """Wait up to ``grace_s`` for started jobs (their uploads included) to finish."""
         if self._jobs:
             logger.info("waiting for %d generation job(s) to finish", len(self._jobs))
-            await asyncio.wait(set(self._jobs), timeout=grace_s)
+            _, unfinished = await asyncio.wait(set(self._jobs), timeout=grace_s)
+            if unfinished:  # stopping anyway: say which deliveries are given up
+                logger.warning(
+                    "%d generation job(s) still running after %g s (SAFEGEN_SHUTDOWN_GRACE_S): "
+                    "stopping without them, their images are not delivered",
+                    len(unfinished), grace_s,
+                )
 
     async def run(self, job: GenerateJob) -> GenerateOutcome:
         started = time.monotonic()
