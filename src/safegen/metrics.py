@@ -128,6 +128,8 @@ class Metrics:
             self.webhooks.labels(outcome=outcome)
         for result in ("success", "failure"):
             self.uploads.labels(result=result)
+        for outcome in ("generated", "failed"):
+            self.generations.labels(outcome=outcome)
         for result in ("hit", "miss"):
             self.result_cache.labels(result=result)
         for reason in ("timeout", "error"):

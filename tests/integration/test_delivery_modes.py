@@ -42,7 +42,7 @@ async def test_expired_presigned_url_is_refused_before_generation(
         metrics = (await client.get("/metrics")).text
     assert response.status_code == 422
     assert "expired" in response.json()["error"]["message"]
-    assert 'safegen_generations_total{outcome="generated"}' not in metrics
+    assert '\nsafegen_generations_total{outcome="generated"} 0.0\n' in metrics  # none generated
 
 
 @pytest.mark.parametrize("public", [True, False])

@@ -39,9 +39,10 @@ JPEG = images.jpeg(0, (64, 64))
 
 
 def metric(text: str, name: str) -> float:
-    """The value of one sample line of the Prometheus text ``text`` (0.0 if absent)."""
+    """The value of one sample line of the Prometheus text ``text``; a missing series fails."""
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    assert match, f"no {name} series in /metrics"
+    return float(match.group(1))
 
 
 def app_for(tiny_vit_dir, tiny_sd_dir=None, **overrides: Any) -> Any:

@@ -228,7 +228,7 @@ async def test_every_invalid_field_is_a_422_before_any_generation(
     if field is not None:
         assert error["field"] == field
     assert "Signature" not in response.text
-    assert 'safegen_generations_total{outcome="generated"}' not in metrics
+    assert '\nsafegen_generations_total{outcome="generated"} 0.0\n' in metrics  # none generated
 
 
 async def test_generation_disabled_answers_503(make_client):
