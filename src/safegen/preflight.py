@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from safegen.errors import ModelUnavailable
-from safegen.generation.diffusers_backend import build_generator
+from safegen.generation.diffusers_backend import GENERATOR_ENV_VAR, GENERATOR_KIND, build_generator
 from safegen.settings import Settings
 
 
@@ -22,7 +22,7 @@ def preflight(settings: Settings) -> None:
         raise ModelUnavailable(NEEDS_TORCHVISION)
     models = [(settings.nsfw_model, "NSFW classifier", NSFW_ENV_VAR)]
     if build_generator(settings) is not None:
-        models.append((settings.generator_model, "image generator", "SAFEGEN_GENERATOR_MODEL"))
+        models.append((settings.generator_model, GENERATOR_KIND, GENERATOR_ENV_VAR))
     for model, kind, env_var in models:
         _ensure_available(model, kind, env_var, settings.model_cache_dir)
 

@@ -260,6 +260,32 @@ async def test_generate_flood_is_refused_at_once_beyond_max_pending(
     assert after.status_code == 200  # the pending count went back down
 
 
+async def test_generation_refusals_ask_to_wait_as_long_as_the_last_job_took(
+    tiny_vit_dir, tiny_sd_dir
+):
+    """Retry-After on a full generator is the last job's duration (README: the expected wait),
+    not a constant: a job held for 3.2 s makes the next refusal ask for 3 s or a little more."""
+    app = app_for(tiny_vit_dir, tiny_sd_dir, generator_max_pending=1)
+    body = {"prompt": "x", "response_format": "b64_json", **SMALL}
+    async with running_app(app) as client:
+        fault = faulty_generator(app)
+        fault.delay_s = 3.2
+        first, first_s = await timed(client.post("/generate", json=body))
+        fault.delay_s = 0.0
+        with fault.held():
+            in_flight = asyncio.create_task(client.post("/generate", json=body))
+            deadline = time.monotonic() + EVENT_TIMEOUT_S
+            while fault.calls < 2:  # the second job holds the only generation slot
+                assert time.monotonic() < deadline, "the second job never reached the pipeline"
+                await asyncio.sleep(0.01)
+            refused = await client.post("/generate", json=body)
+        assert (await in_flight).status_code == 200
+    assert first.status_code == 200, first.text
+    assert refused.status_code == 503, refused.text
+    # The job took at least the 3.2 s held, at most what its client waited.
+    assert 3 <= int(refused.headers["Retry-After"]) <= max(3, round(first_s) + 1)
+
+
 # --- model faults -------------------------------------------------------------------------------
 
 

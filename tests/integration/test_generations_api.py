@@ -140,7 +140,7 @@ async def test_limits_per_key_and_queue_length(make_generate_client, fault_serve
         fault_server.release.set()
     assert [first.status_code, second.status_code] == [202, 202]
     assert third.status_code == 429
-    assert third.headers["retry-after"]
+    assert third.headers["retry-after"] == "5"  # README: 429 with `Retry-After: 5`
     assert "SAFEGEN_JOBS_MAX_IN_FLIGHT_PER_KEY" in third.json()["error"]["message"]
     assert [r.status_code for r in others] == [202, 202]
 
@@ -155,7 +155,7 @@ async def test_queue_full_answers_503(make_generate_client, fault_server, limit)
     codes = [a.status_code for a in answers]
     assert codes.count(503) >= 1, codes
     refused = answers[codes.index(503)]
-    assert refused.headers["retry-after"]
+    assert refused.headers["retry-after"] == "5"  # README: 503 with `Retry-After: 5`
     assert "SAFEGEN_JOBS_MAX_QUEUED" in refused.json()["error"]["message"]
 
 

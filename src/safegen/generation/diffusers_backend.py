@@ -27,8 +27,8 @@ from safegen.settings import Settings
 
 logger = logging.getLogger("safegen.generation")
 
-_KIND = "image generator"
-_ENV_VAR = "SAFEGEN_GENERATOR_MODEL"
+GENERATOR_KIND = "image generator"
+GENERATOR_ENV_VAR = "SAFEGEN_GENERATOR_MODEL"
 _FAILED = "image generation failed"
 
 
@@ -113,7 +113,7 @@ class DiffusersGenerator:
                 # A model that loads but cannot generate is not usable: fail start-up, not requests.
                 self.pipeline = None
                 raise ModelUnavailable(
-                    load_failed_message(self.model, _KIND, _ENV_VAR)
+                    load_failed_message(self.model, GENERATOR_KIND, GENERATOR_ENV_VAR)
                 ) from None
             logger.info("generator warmed up in %.2f s", time.perf_counter() - started)
 
@@ -163,7 +163,7 @@ class DiffusersGenerator:
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
         source = resolve_model(
-            self.model, kind=_KIND, env_var=_ENV_VAR, cache_dir=self.cache_dir
+            self.model, kind=GENERATOR_KIND, env_var=GENERATOR_ENV_VAR, cache_dir=self.cache_dir
         )
         self.device = resolve_device(self.requested_device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
@@ -181,7 +181,9 @@ class DiffusersGenerator:
             pipeline = AutoPipelineForText2Image.from_pretrained(source, **kwargs)
             pipeline.to(self.device)
         except Exception as exc:
-            raise model_unavailable(self.model, kind=_KIND, env_var=_ENV_VAR, exc=exc) from exc
+            raise model_unavailable(
+                self.model, kind=GENERATOR_KIND, env_var=GENERATOR_ENV_VAR, exc=exc
+            ) from exc
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline
         logger.info(
