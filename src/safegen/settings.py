@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     auto_max_drift: float = Field(
         1e-2, gt=0, le=1,
         description="auto considers only paths whose stated parity bound (max |delta p| against "
-        "torch fp32) is within this; 1e-2 admits bf16, 5e-2 also int8",
+        "torch fp32) is within this; 1e-2 admits bf16, 5e-2 also onnx-int8, 0.3 openvino-int8",
     )
     auto_batch_size: bool = Field(
         True,

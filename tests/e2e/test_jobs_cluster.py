@@ -1,10 +1,11 @@
 """Jobs across real ``safegen serve`` processes sharing one real Redis.
 
-One cluster for the module (each process start costs seconds): two replicas share the queue;
-kill -9 of the replica running a job, and the job still succeeds on the other with its webhook
-verified by ``standardwebhooks``; kill -9 while a webhook is being sent, and a restarted process
-sends it again with the same ``webhook-id``; 500, 500, 200 is three attempts of one id; cancel;
-another key cannot see a job. Figures (kill to completion) are printed, not asserted.
+One cluster for the module (each process start costs seconds); each test first makes the number
+of live processes it needs (``Cluster.exactly``), so they pass in any order. Two replicas share
+the queue; kill -9 of the replica running a job, and the job still succeeds on the other with its
+webhook verified by ``standardwebhooks``; kill -9 while a webhook is being sent, and a restarted
+process sends it again with the same ``webhook-id``; 500, 500, 200 is three attempts of one id;
+cancel; another key cannot see a job. Figures (kill to completion) are printed, not asserted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ class Cluster:
             started = list(pool.map(lambda log: start_server(self.env, log, START_S), names))
         self.servers.extend(started)
         return started
+
+    def exactly(self, count: int) -> list[ServerProcess]:
+        """Make ``count`` processes live (tests share the cluster in any order): kill the extra
+        ones, start the missing ones. Returns them."""
+        for extra in self.alive[count:]:
+            self.kill(extra)
+        if len(self.alive) < count:
+            self.start(count - len(self.alive))
+        return self.alive
 
     @property
     def alive(self) -> list[ServerProcess]:
@@ -128,7 +138,7 @@ def receiver() -> Iterator[FaultServer]:
 
 
 def test_two_replicas_share_the_queue(cluster):
-    first, second = cluster.alive[:2]
+    first, second = cluster.exactly(2)
     ids = [cluster.submit(first if i % 2 else second, response_format="b64_json", seed=i)
            for i in range(6)]
     for job_id in ids:
@@ -143,7 +153,7 @@ def test_two_replicas_share_the_queue(cluster):
 
 def test_kill_9_of_the_runner_and_the_job_still_succeeds(cluster, fault_server, receiver):
     fault_server.script(Step(200, delay_s=60), Step(200))  # the first upload hangs
-    job_id = cluster.submit(cluster.alive[0], s3_prefix=f"{fault_server.url}/bucket/1.png",
+    job_id = cluster.submit(cluster.exactly(2)[0], s3_prefix=f"{fault_server.url}/bucket/1.png",
                             webhook=f"{receiver.url}/hook")
     wait_until(lambda: fault_server.requests, 60, "the upload to start")
     runner = wait_until(lambda: cluster.runner_of(job_id), 10, "the runner's log line")
@@ -166,7 +176,7 @@ def test_kill_9_of_the_runner_and_the_job_still_succeeds(cluster, fault_server, 
 
 def test_kill_9_while_sending_the_webhook_and_a_restarted_process_sends_it(cluster, receiver):
     receiver.script(Step(200, delay_s=60), Step(200))  # the first delivery hangs
-    (only,) = cluster.alive
+    (only,) = cluster.exactly(1)  # a second live process would take the job over itself
     job_id = cluster.submit(only, response_format="b64_json", webhook=f"{receiver.url}/hook")
     wait_until(lambda: receiver.requests, 60, "the first webhook attempt")
     cluster.kill(only)
@@ -193,7 +203,7 @@ def test_500_twice_then_200_is_three_attempts_of_one_id(cluster, receiver):
 
 def test_cancel_and_other_keys(cluster, fault_server):
     fault_server.script(Step(200, delay_s=60), Step(200))
-    (server,) = cluster.alive
+    (server,) = cluster.exactly(1)  # so the waiting job waits: no other process takes it
     busy = cluster.submit(server, s3_prefix=f"{fault_server.url}/bucket/1.png")
     wait_until(lambda: fault_server.requests, 60, "the busy job's upload")
     waiting = cluster.submit(server, response_format="b64_json")

@@ -22,17 +22,11 @@ from PIL import Image
 from safegen.moderation.backends import registry
 from safegen.moderation.engine import ClassifierEngine
 from tests.support import images
+from tests.support.bounds import DOCUMENTED_BOUNDS
 from tests.support.engines import engine_config
 from tests.support.tiny_models import build_full_vit_b16
 
 FAST_DECODE_BOUND = 2e-2
-# docs/performance.md, "Inference paths": the bound of each path against torch fp32.
-DOCUMENTED_BOUNDS = {
-    "torch-fp32": 1e-4, "torch-bf16": 1e-2, "torch-fp16": 5e-3,
-    "onnx-fp32": 1e-4, "onnx-fp16": 5e-3, "onnx-int8": 5e-2,
-    "openvino-fp32": 1e-4, "openvino-bf16": 1e-2, "openvino-int8": 5e-2,
-}
-
 TEST_IMAGES = [
     *(images.jpeg(seed) for seed in range(4)),
     images.jpeg(7, (300, 200)),

@@ -75,7 +75,8 @@ def cache_key(loaded: LoadedClassifier, kind: str) -> str:
     if kind == "int8":
         import nncf
 
-        facts.update(nncf=nncf.__version__, calibration=(CALIBRATION_IMAGES, CALIBRATION_SEED))
+        facts.update(nncf=nncf.__version__, calibration=(CALIBRATION_IMAGES, CALIBRATION_SEED),
+                     smooth_quant=False)
     return artifact_cache.digest_of(facts)
 
 
@@ -121,10 +122,16 @@ def calibration_images(size: tuple[int, int], count: int, seed: int) -> list[np.
 
 
 def _quantize(float_ir: Path, target: Path, size: tuple[int, int]) -> None:
-    """NNCF post-training int8 quantisation (transformer preset: SmoothQuant, attention kept fp)."""
+    """NNCF post-training int8 quantisation (transformer preset, attention kept fp), SmoothQuant
+    off: on ViT-B/16 it made every image drift more (worst 0.098 against 0.055 without it, AMX
+    host; docs/performance.md)."""
     _no_telemetry()
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
 
     model = ov.Core().read_model(str(float_ir))
     dataset = nncf.Dataset(calibration_images(size, CALIBRATION_IMAGES, CALIBRATION_SEED))
@@ -132,8 +139,12 @@ def _quantize(float_ir: Path, target: Path, size: tuple[int, int]) -> None:
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # progress bars and per-step chatter
     try:
+        no_smooth_quant = AdvancedQuantizationParameters(
+            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)
+        )
         quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=CALIBRATION_IMAGES)
+                                  subset_size=CALIBRATION_IMAGES,
+                                  advanced_parameters=no_smooth_quant)
     finally:
         quiet.setLevel(level)
     ov.save_model(quantized, str(target), compress_to_fp16=False)
@@ -231,7 +242,9 @@ def _build(loaded: LoadedClassifier, request: BuildRequest) -> OpenVinoBackend:
 SPEC = BackendSpec(
     name="openvino",
     # Max |delta p| against torch fp32 (tests/unit/test_backends.py, docs/performance.md).
-    bounds={"fp32": 1e-4, "bf16": 1e-2, "int8": 5e-2},
+    # int8 (static, NNCF): photos stay within 1.4e-2, but a flat grey image drifts 0.055 on AMX
+    # and 0.25 on VNNI or AVX2 kernels, so its bound keeps it out of `auto` (max drift 5e-2).
+    bounds={"fp32": 1e-4, "bf16": 1e-2, "int8": 0.3},
     factory=_build,
     missing=_missing,
     worth_measuring=_worth_measuring,
