@@ -258,14 +258,66 @@ async def test_post_form_field_order(fault_server: FaultServer) -> None:
                                     "a b.jpg")
     assert result.ok
     assert result.url == f"{fault_server.url}/bucket/p/a%20b.jpg"
-    request = fault_server.requests[0]
-    message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode() + request.body
-    )
-    parts = [(p.get_param("name", header="content-disposition"), p) for p in message.iter_parts()]
+    parts = form_parts(fault_server.requests[0])
     assert [name for name, _ in parts] == ["policy", "x-amz-signature", "key", "file"]
     assert parts[2][1].get_content() == "p/a b.jpg"
     assert parts[3][1].get_payload(decode=True) == BODY
+
+
+POLICY = base64.b64encode(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": []}').decode()
+
+
+def form_parts(request) -> list[tuple[str, object]]:
+    """The multipart form fields of a recorded POST, in order: (name, part)."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode() + request.body
+    )
+    return [(p.get_param("name", header="content-disposition"), p) for p in message.iter_parts()]
+
+
+async def test_post_form_file_takes_the_policy_content_type_and_comes_once_last(
+    fault_server: FaultServer,
+) -> None:
+    """S3 reads form fields up to ``file`` and ignores the rest: a ``file`` among the policy
+    fields must not stand in for the image; the policy's Content-Type types the file part."""
+    fault_server.script(Step(204, headers={"ETag": f'"{MD5}"'}))
+    fields = {"policy": POLICY, "Content-Type": "image/jpeg", "file": "not the image",
+              "x-amz-signature": "s"}
+    async with uploader() as up:
+        result = await up.post_form(f"{fault_server.url}/bucket", fields, "k.jpg", BODY, "k.jpg")
+    assert result.ok, result.reason  # the ETag is the MD5 of the file bytes: verified, matches
+    (request,) = fault_server.requests
+    assert request.method == "POST"
+    parts = form_parts(request)
+    assert [name for name, _ in parts] == [
+        "policy", "Content-Type", "x-amz-signature", "key", "file"
+    ]
+    file_part = parts[-1][1]
+    assert file_part.get_content_type() == "image/jpeg"
+    assert file_part.get_payload(decode=True) == BODY
+
+
+async def test_post_form_etag_of_other_bytes_is_a_failure(fault_server: FaultServer) -> None:
+    fault_server.script(Step(204, headers={"ETag": f'"{"0" * 32}"'}))
+    async with uploader() as up:
+        result = await up.post_form(f"{fault_server.url}/bucket/", {"policy": POLICY}, "k.jpg",
+                                    BODY, "k.jpg")
+    assert not result.ok
+    assert result.reason is not None
+    assert MD5 in result.reason  # names the MD5 of what was sent
+
+
+async def test_post_form_signature_mismatch_names_the_signed_fields(
+    fault_server: FaultServer,
+) -> None:
+    error = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+    fault_server.script(Step(403, body=error))
+    async with uploader() as up:
+        result = await up.post_form(f"{fault_server.url}/bucket/", {"policy": POLICY}, "k.jpg",
+                                    BODY, "k.jpg")
+    assert not result.ok
+    assert result.reason is not None
+    assert "must be exactly those the URL was signed with" in result.reason
 
 
 async def test_tls_connects_to_the_checked_address_and_verifies_the_name(
