@@ -320,6 +320,41 @@ async def test_post_form_signature_mismatch_names_the_signed_fields(
     assert "must be exactly those the URL was signed with" in result.reason
 
 
+@pytest.mark.parametrize(
+    ("headers", "wording"),
+    [({}, "the URL's signature was not accepted"),  # not renamed (the default), no headers
+     ({"Content-Type": "image/jpeg"}, "must be exactly those the URL was signed with")],
+)
+async def test_403_signature_mismatch_of_a_put_names_what_it_can(
+    fault_server: FaultServer, headers: dict[str, str], wording: str
+) -> None:
+    fault_server.script(Step(403, body=b"<Error><Code>SignatureDoesNotMatch</Code></Error>"))
+    async with uploader() as up:
+        result = await up.put(url_for(fault_server), BODY, headers)
+    assert result.reason is not None
+    assert wording in result.reason
+    assert "renamed" not in result.reason
+
+
+async def test_a_prepared_target_is_looked_up_once(fault_server: FaultServer) -> None:
+    """What :meth:`Uploader.prepare` resolved is where every upload goes: no second lookup
+    (which a rebinding DNS server could answer with another address)."""
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        calls.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    url = f"http://storage.test:{fault_server.port}/bucket/"
+    async with make_uploader(resolver=resolver) as up:
+        put = await up.put(await up.prepare(url + "1.jpg"), BODY)
+        posted = await up.post_form(await up.prepare(url), {"policy": POLICY}, "2.jpg", BODY,
+                                    "2.jpg")
+    assert put.ok, put.reason
+    assert posted.ok, posted.reason
+    assert calls == ["storage.test", "storage.test"]  # one per prepare, none per upload
+
+
 async def test_tls_connects_to_the_checked_address_and_verifies_the_name(
     tls_fault_server: FaultServer, test_ca: TestCA
 ) -> None:
