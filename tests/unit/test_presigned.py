@@ -10,6 +10,7 @@ import pytest
 
 from safegen.delivery.presigned import (
     expires_at,
+    is_sigv4,
     object_name,
     post_policy_expires_at,
     redact,
@@ -68,8 +69,25 @@ def test_rename_v4_url_and_prefix_forms() -> None:
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b.jpg", "a b.jpg", "a?.jpg", "a#.jpg", "ü.jpg",
                                   "%2F.jpg", "x" * 256])
 def test_rename_refuses_names_that_would_need_encoding(name: str) -> None:
-    with pytest.raises(UploadTargetRejected, match="object name"):
+    with pytest.raises(UploadTargetRejected) as refused:
         rename_object(SPEC_URL, name)
+    assert refused.value.message == (
+        "object name must be 1-255 characters from A-Z a-z 0-9 . _ ~ -"
+    )
+
+
+def test_rename_refuses_a_fragment_saying_so() -> None:
+    with pytest.raises(UploadTargetRejected) as refused:
+        rename_object("https://h/1.png?Signature=s#part", MD5_NAME)
+    assert refused.value.message == "upload URL must not contain a fragment ('#')"
+
+
+def test_is_sigv4_only_for_signature_version_4() -> None:
+    assert is_sigv4(V4_URL)
+    assert is_sigv4(V4_URL.replace("X-Amz-Signature", "x-amz-signature"))  # names: any case
+    assert not is_sigv4(SPEC_URL)  # version 2 signs Content-MD5 when sent: never add one
+    assert not is_sigv4("https://h/1.png")
+    assert not is_sigv4("not a url")  # unparseable: never raises
 
 
 @pytest.mark.parametrize("url", ["not a url", "/relative/1.png", "", "https://h/1.png#frag"])
@@ -166,7 +184,24 @@ def test_post_policy_expiry() -> None:
         2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc
     )
     assert post_policy_expires_at({"key": "k"}) is None
-    with pytest.raises(UploadTargetRejected, match="policy"):
+    with pytest.raises(UploadTargetRejected) as refused:
         post_policy_expires_at({"Policy": "!!!"})
+    assert refused.value.message == "presigned POST 'policy' field is malformed"
+    # Characters outside base64 are an error, not skipped: "*" inside a valid encoding.
+    with pytest.raises(UploadTargetRejected, match="policy"):
+        post_policy_expires_at({"policy": policy[:8] + "*" + policy[8:]})
     with pytest.raises(UploadTargetRejected, match="policy"):
         post_policy_expires_at({"policy": base64.b64encode(b"[]").decode()})
+
+
+@pytest.mark.parametrize(
+    ("expiration", "instant"),
+    [("2030-01-02T03:04:05", datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),  # naive: UTC
+     ("2030-01-02T03:04:05+02:00", datetime(2030, 1, 2, 1, 4, 5, tzinfo=timezone.utc))],
+)
+def test_post_policy_expiry_without_z(expiration: str, instant: datetime) -> None:
+    policy = base64.b64encode(json.dumps({"expiration": expiration}).encode()).decode()
+    when = post_policy_expires_at({"policy": policy})
+    assert when is not None
+    assert when.utcoffset() is not None  # comparable with the clock
+    assert when == instant
