@@ -45,16 +45,21 @@ async def test_expired_presigned_url_is_refused_before_generation(
     assert '\nsafegen_generations_total{outcome="generated"} 0.0\n' in metrics  # none generated
 
 
-@pytest.mark.parametrize("public", [True, False])
+@pytest.mark.parametrize(
+    ("public", "key_field"),
+    [(True, "${filename}"), (False, "${filename}"), (False, "")],
+    ids=["public-filename-variable", "private-filename-variable", "private-plain-prefix"],
+)
 async def test_presigned_post_stores_prefix_plus_md5(
-    make_generate_client, moto_s3, public
+    make_generate_client, moto_s3, public, key_field
 ):
-    prefix = f"gen-post-{public}/000/"
+    """The policy's ``key`` field is the prefix, ending in ``${filename}`` or not."""
+    prefix = f"gen-post-{public}-{bool(key_field)}/000/"
     conditions: list[object] = [["starts-with", "$key", prefix]]
     fields = {"acl": "public-read"} if public else {}
     if public:
         conditions.append({"acl": "public-read"})
-    post = moto_s3.presign_post(prefix + "${filename}", conditions=conditions, fields=fields)
+    post = moto_s3.presign_post(prefix + key_field, conditions=conditions, fields=fields)
     async with make_generate_client() as client:
         response = await client.post("/generate", json={
             "prompt": "x", "s3_prefix": post["url"], "upload_mode": "post",
