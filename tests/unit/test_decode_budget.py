@@ -56,3 +56,13 @@ def test_the_estimate_comes_from_the_header() -> None:
     bomb = Image.open(io.BytesIO(images.one_bit_png(8000, 5000)))
     # 1 byte a pixel for mode "1", 3 for the RGB copy, 1 of working buffers.
     assert decode_bytes(bomb) == 8000 * 5000 * 5
+
+
+@pytest.mark.parametrize(
+    ("mode", "pixel_bytes"),
+    # PIL's bytes per pixel of each mode (RGBA, CMYK, I and F: 4), not the module's table.
+    [("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4), ("CMYK", 4), ("I", 4), ("F", 4)],
+)
+def test_the_estimate_is_the_modes_pixel_bytes_plus_four(mode: str, pixel_bytes: int) -> None:
+    """README: an image is estimated from its header, its mode's bytes per pixel plus 4."""
+    assert decode_bytes(Image.new(mode, (30, 20))) == 30 * 20 * (pixel_bytes + 4)
