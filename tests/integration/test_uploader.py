@@ -22,6 +22,7 @@ from tests.support.uploads import make_uploader
 
 BODY = b"\xff\xd8\xff\xe0 not really a jpeg \x00\x01" * 100
 MD5 = hashlib.md5(BODY).hexdigest()
+ACCESS_DENIED = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
 QUERY = "?AWSAccessKeyId=AKIDSECRETID&Signature=SeCrEt%2Bsig%3D&Expires={expires}"
 
 
@@ -437,7 +438,25 @@ async def test_a_trickling_storage_is_cut_off_by_the_attempt_timeout(
         result = await up.put(url_for(fault_server), BODY)
     assert not result.ok
     assert [(a.status, a.error_kind) for a in result.attempts] == [(0, "attempt_timeout")] * 2
+    assert result.status == 0  # no answer came
+    assert all(0.5 <= a.elapsed_s < 60 for a in result.attempts)  # each ran to its timeout
     assert "SAFEGEN_UPLOAD_ATTEMPT_TIMEOUT_S" in result.reason
+
+
+@pytest.mark.parametrize(
+    "step",
+    [Step(403, body=ACCESS_DENIED, trickle_s=0.001),  # the code arrives a byte at a time
+     Step(403, body=ACCESS_DENIED + b" " * 200_000)],  # far past the bytes read for the code
+    ids=["in-many-chunks", "long-body"],
+)
+async def test_the_s3_error_code_is_read_from_the_head_of_any_error_body(
+    fault_server: FaultServer, step: Step
+) -> None:
+    fault_server.script(step)
+    async with uploader() as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert result.reason is not None
+    assert "HTTP 403 AccessDenied" in result.reason
 
 
 async def test_retries_stop_at_the_upload_deadline(fault_server: FaultServer) -> None:
