@@ -238,6 +238,9 @@ def ray_stack(tiny_vit_dir: Path, tiny_sd_dir: Path) -> Iterator[RayStack]:
         # A busy test machine slows the model: admission by expected wait must not refuse
         # the 32-request burst below (its refusals are tested in test_faults.py).
         max_queue_wait_s=600,
+        # One fixed path, so the in-process engine a test compares with scores identically
+        # (`auto` could measure a different path in each process).
+        backend="torch", precision="fp32",
     )
     config = RayServeConfig(
         classifier={"num_replicas": 2, "num_cpus": 0.5},
@@ -373,21 +376,29 @@ async def test_two_ingress_replicas_share_one_redis_budget(ray_stack, client):
     before = await ray_stack.replica_stats("SafegenIngress", replicas=2)
     image = jpeg((10, 200, 30), (64, 64))
     sent = CLASSIFY_LIMIT + 8
-    async with client() as http:
-        responses = await asyncio.gather(*(
-            http.post("/v1/classify", files={"files": ("x.jpg", image)}, headers=auth(KEY_B))
-            for _ in range(sent)
-        ))
-    codes = [r.status_code for r in responses]
+    codes: list[int] = []
+    served: dict[str, int] = {}
+    # Serve's router may send a whole burst to one replica on a busy machine: send more bursts
+    # (all over the limit by then) until both replicas have answered; each one refused by the
+    # second replica shows it reads the same budget.
+    for _ in range(5):
+        async with client() as http:
+            responses = await asyncio.gather(*(
+                http.post("/v1/classify", files={"files": ("x.jpg", image)}, headers=auth(KEY_B))
+                for _ in range(sent)
+            ))
+        codes += [r.status_code for r in responses]
+        after = await ray_stack.replica_stats("SafegenIngress", replicas=2)
+        served = {
+            rid: sum(after[rid]["answered"].values()) - sum(before[rid]["answered"].values())
+            for rid in after
+        }
+        if all(count > 0 for count in served.values()):
+            break
+    assert all(count > 0 for count in served.values()), served  # both replicas took requests
     # One budget: with a budget per replica, up to twice the limit would have passed.
     assert codes.count(200) == CLASSIFY_LIMIT, codes
-    assert codes.count(429) == sent - CLASSIFY_LIMIT, codes
-    after = await ray_stack.replica_stats("SafegenIngress", replicas=2)
-    served = {
-        rid: sum(after[rid]["answered"].values()) - sum(before[rid]["answered"].values())
-        for rid in after
-    }
-    assert all(count > 0 for count in served.values()), served  # both replicas took requests
+    assert codes.count(429) == len(codes) - CLASSIFY_LIMIT, codes
     assert redis.Redis.from_url(ray_stack.redis.url).keys("*"), "the budget should live in Redis"
 
 
