@@ -437,7 +437,7 @@ async def test_post_form_defaults_the_file_type_and_drops_the_query_from_the_res
     fault_server: FaultServer,
 ) -> None:
     async with uploader() as up:
-        result = await up.post_form(f"{fault_server.url}/bucket/?x-id=PostObject",
+        result = await up.post_form(f"{fault_server.url}/bucket/?x-id=PostObject&next=a?b",
                                     {"policy": POLICY}, "k.jpg", BODY, "k.jpg")
     assert result.ok, result.reason
     assert result.url == f"{fault_server.url}/bucket/k.jpg"

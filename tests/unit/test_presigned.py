@@ -100,6 +100,7 @@ def test_split_url_round_trips() -> None:
     for url in (SPEC_URL, V4_URL, "https://h", "https://h?q#f", "https://u@h:1/p/?q=/#f"):
         assert "".join(split_url(url)) == url
     assert object_name(SPEC_URL) == "1.png"
+    assert object_name("https://h?q=1") == ""  # no path: no placeholder name
 
 
 def test_redact_spec_url_hides_signature_and_key_id() -> None:
