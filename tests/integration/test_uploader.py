@@ -23,6 +23,8 @@ from tests.support.uploads import make_uploader
 BODY = b"\xff\xd8\xff\xe0 not really a jpeg \x00\x01" * 100
 MD5 = hashlib.md5(BODY).hexdigest()
 ACCESS_DENIED = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+SIGNATURE_MISMATCH = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
+POLICY = base64.b64encode(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": []}').decode()
 QUERY = "?AWSAccessKeyId=AKIDSECRETID&Signature=SeCrEt%2Bsig%3D&Expires={expires}"
 
 
@@ -252,8 +254,7 @@ async def test_logs_never_show_the_signature(
 
 
 async def test_post_form_field_order(fault_server: FaultServer) -> None:
-    policy = base64.b64encode(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": []}')
-    fields = {"key": "ignored/${filename}", "policy": policy.decode(), "x-amz-signature": "s"}
+    fields = {"key": "ignored/${filename}", "policy": POLICY, "x-amz-signature": "s"}
     async with uploader() as up:
         result = await up.post_form(f"{fault_server.url}/bucket/", fields, "p/a b.jpg", BODY,
                                     "a b.jpg")
@@ -263,9 +264,6 @@ async def test_post_form_field_order(fault_server: FaultServer) -> None:
     assert [name for name, _ in parts] == ["policy", "x-amz-signature", "key", "file"]
     assert parts[2][1].get_content() == "p/a b.jpg"
     assert parts[3][1].get_payload(decode=True) == BODY
-
-
-POLICY = base64.b64encode(b'{"expiration": "2099-01-01T00:00:00Z", "conditions": []}').decode()
 
 
 def form_parts(request) -> list[tuple[str, object]]:
@@ -311,8 +309,7 @@ async def test_post_form_etag_of_other_bytes_is_a_failure(fault_server: FaultSer
 async def test_post_form_signature_mismatch_names_the_signed_fields(
     fault_server: FaultServer,
 ) -> None:
-    error = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
-    fault_server.script(Step(403, body=error))
+    fault_server.script(Step(403, body=SIGNATURE_MISMATCH))
     async with uploader() as up:
         result = await up.post_form(f"{fault_server.url}/bucket/", {"policy": POLICY}, "k.jpg",
                                     BODY, "k.jpg")
@@ -329,7 +326,7 @@ async def test_post_form_signature_mismatch_names_the_signed_fields(
 async def test_403_signature_mismatch_of_a_put_names_what_it_can(
     fault_server: FaultServer, headers: dict[str, str], wording: str
 ) -> None:
-    fault_server.script(Step(403, body=b"<Error><Code>SignatureDoesNotMatch</Code></Error>"))
+    fault_server.script(Step(403, body=SIGNATURE_MISMATCH))
     async with uploader() as up:
         result = await up.put(url_for(fault_server), BODY, headers)
     assert result.reason is not None
