@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.support import images
-from tests.support.app_client import AUTH, TEST_KEY
+from tests.support.app_client import AUTH, PINNED_PATH, TEST_KEY
 from tests.support.faultserver import FaultServer, Step
 
 from safegen.client import (
@@ -248,7 +248,7 @@ def test_cli_server_mode_gives_the_local_rows(generator_server, tiny_vit_dir, fo
     small = make_folder(tmp_path / "few", 40)
     command = [sys.executable, "-m", "safegen", "classify", str(small[0].parent), "--format",
                "json"]
-    env = {**os.environ, "SAFEGEN_API_KEY": TEST_KEY}
+    env = {**os.environ, "SAFEGEN_API_KEY": TEST_KEY, **PINNED_PATH}  # the server's path
     remote = subprocess.run([*command, "--server", generator_server.url], env=env,
                             capture_output=True, text=True, timeout=120)
     local = subprocess.run([*command, "--model", str(tiny_vit_dir), "-q"], env=env,

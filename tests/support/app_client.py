@@ -21,6 +21,9 @@ from safegen.settings import Settings
 
 TEST_KEY = "test-key-not-a-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
+# An inference path named for a server whose scores a test compares with an in-process run
+# (``auto`` measures at start, and a loaded host can time another path fastest).
+PINNED_PATH = {"SAFEGEN_BACKEND": "torch", "SAFEGEN_PRECISION": "fp32"}
 
 
 def settings_for(model_dir: Path, **overrides: object) -> Settings:
