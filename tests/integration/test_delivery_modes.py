@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 
 import pytest
 
+from safegen.egress.resolver import SystemResolver
+from tests.integration.test_uploader import POLICY
 from tests.integration.test_uploader_s3 import all_users_can_read
 from tests.support.app_client import SMALL
 from tests.support.faultserver import Step
@@ -103,3 +106,28 @@ async def test_metrics_count_a_mixed_run_of_uploads(
         match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.M)
         assert match, series
         assert float(match.group(1)) == count, series
+
+
+@pytest.mark.parametrize("mode", ["put", "post"])
+async def test_the_upload_goes_to_the_address_checked_at_admission(
+    make_generate_client, fault_server, monkeypatch, mode
+):
+    """The storage host is looked up once, when /generate admits the request: a DNS server that
+    answers a link-local address to any later lookup (rebinding) cannot redirect the upload."""
+    lookups: list[str] = []
+
+    async def rebinding(self: SystemResolver, host: str, port: int) -> list[object]:
+        lookups.append(host)
+        return [ipaddress.ip_address("127.0.0.1" if len(lookups) == 1 else "169.254.169.254")]
+
+    monkeypatch.setattr(SystemResolver, "__call__", rebinding)
+    prefix = f"http://storage.test:{fault_server.port}/bucket/gen/"
+    body: dict[str, object] = {"prompt": "x", "s3_prefix": prefix, **SMALL}
+    if mode == "post":
+        body |= {"s3_prefix": prefix.removesuffix("gen/"), "upload_mode": "post",
+                 "s3_post_fields": {"key": "gen/${filename}", "policy": POLICY}}
+    async with make_generate_client() as client:
+        response = await client.post("/generate", json=body)
+    assert response.status_code == 200, response.text
+    assert lookups == ["storage.test"]
+    assert len(fault_server.requests) == 1
