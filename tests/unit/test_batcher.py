@@ -197,9 +197,25 @@ async def test_a_stalled_model_fails_requests_instead_of_hanging_and_recovers(ex
     assert batcher.stalled
     with pytest.raises(NotReady):  # refused at once while the model is stuck
         await batcher.submit(3)
+    assert batcher.depth == 0  # the queued request failed with it, and left the queue
     model.gate.set()
     await until(lambda: not batcher.stalled)
     assert await batcher.submit(4) == 8
+    assert model.batches == [[1], [4]]  # no work for requests already answered
+    await batcher.stop()
+
+
+async def test_a_request_cancelled_during_its_forward_pass_leaves_the_others_answered(executor):
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_wait_s=0)
+    first, gone, last = batcher.submit_many([1, 2, 3])  # queued together: one batch
+    await in_forward_pass(model)
+    gone.cancel()  # its client went away while the batch ran
+    model.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(first, last), 5) == [2, 6]
+    assert model.batches == [[1, 2, 3]]
+    assert [task.get_name() for task in asyncio.all_tasks()].count("safegen-batcher") == 1
     await batcher.stop()
 
 
@@ -224,3 +240,86 @@ async def test_an_exception_in_place_of_an_output_fails_that_item_alone(executor
     assert results[2] == 6
     assert isinstance(results[1], ValueError)
     assert str(results[1]) == "bad -1"
+
+
+async def test_refusals_and_failures_say_why(executor):
+    """The words a client reads in its 503 or its image's error, each naming what to do."""
+    model = FakeModel()
+    model.gate = threading.Event()
+    batcher = Batcher(model, executor, max_batch_size=1, max_wait_s=0, max_queue=2,
+                      stall_timeout_s=0.2)
+    with pytest.raises(NotReady) as before_start:
+        batcher.submit_many([1])
+    assert before_start.value.message == "the classifier is not running"
+    await batcher.start()
+    stuck, queued = batcher.submit_many([1, 2])
+    with pytest.raises(Overloaded) as full:
+        batcher.submit_many([3])
+    assert full.value.message == (
+        "the classifier queue is full (2 images, SAFEGEN_MAX_QUEUE_IMAGES); retry shortly")
+    for future in (stuck, queued):
+        with pytest.raises(InferenceFailed) as stalled:
+            await asyncio.wait_for(future, 5)
+        assert stalled.value.message == (
+            "the model did not answer within 0.2 s (SAFEGEN_INFERENCE_TIMEOUT_S)")
+    with pytest.raises(NotReady) as not_answering:
+        batcher.submit_many([4])
+    assert not_answering.value.message == "the model is not answering; retry shortly"
+    model.gate.set()
+    await until(lambda: not batcher.stalled)
+    model.fail_when = 5
+    with pytest.raises(InferenceFailed) as failed:
+        await batcher.submit(5)
+    assert failed.value.message == "the model failed on this batch"
+    model.gate.clear()
+    model.entered.clear()
+    (cut_off,) = batcher.submit_many([6])
+    await in_forward_pass(model)
+    await batcher.stop()  # no grace: the pass in flight is given up
+    model.gate.set()
+    with pytest.raises(NotReady) as shutting_down:
+        await cut_off
+    assert shutting_down.value.message == "the service is shutting down"
+    with pytest.raises(NotReady) as after_stop:
+        batcher.submit_many([7])
+    assert after_stop.value.message == "the classifier is not running"
+
+
+async def test_stop_lets_running_and_queued_work_finish_within_the_grace_period(executor):
+    model = FakeModel(delay_s=0.2)
+    model.gate = threading.Event()
+    batcher = await started(model, executor, max_batch_size=1, max_wait_s=0)
+    running, queued = batcher.submit_many([1, 2])
+    await in_forward_pass(model)
+    stopping = asyncio.create_task(batcher.stop(grace_s=60))
+    await asyncio.sleep(0)  # one turn of the loop: the stop has begun and refuses new work
+    with pytest.raises(NotReady):
+        batcher.submit_many([3])
+    model.gate.set()
+    await stopping
+    assert (await running, await queued) == (2, 4)
+    assert model.batches == [[1], [2]]
+
+
+async def test_batches_and_queue_depth_are_reported(executor):
+    """``on_batch`` gets each batch's size and model seconds, ``on_depth`` every queue change
+    (the metrics safegen_batch_size, safegen_inference_seconds and safegen_queue_depth)."""
+    model = FakeModel(delay_s=0.05)
+    model.gate = threading.Event()
+    batches: list[tuple[int, float]] = []
+    depths: list[int] = []
+    batcher = await started(model, executor, max_batch_size=2, max_wait_s=0,
+                            on_batch=lambda n, s: batches.append((n, s)), on_depth=depths.append)
+    (first,) = batcher.submit_many([0])
+    await in_forward_pass(model)
+    rest = batcher.submit_many([1, 2, 3])
+    assert batcher.depth == 3
+    model.gate.set()
+    assert await asyncio.gather(first, *rest) == [0, 2, 4, 6]
+    await until(lambda: len(batches) == 3)
+    assert [size for size, _ in batches] == [1, 2, 1]
+    assert all(0.05 <= seconds < 30 for _, seconds in batches), batches
+    # queued 1, taken 0, queued 3, a batch of 2 taken 1, the last taken 0
+    assert depths == [1, 0, 3, 1, 0]
+    await batcher.stop()
+    assert depths[-1] == 0

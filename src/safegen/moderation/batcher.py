@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from safegen.errors import InferenceFailed, NotReady, Overloaded
@@ -30,7 +30,6 @@ logger = logging.getLogger("safegen.batcher")
 class _Pending(Generic[In, Out]):
     item: In
     future: asyncio.Future[Out]
-    enqueued_at: float = field(default_factory=time.monotonic)
 
 
 class Batcher(Generic[In, Out]):
