@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from tests.integration.test_animations import red_app
 from tests.support import images
 
@@ -26,12 +28,13 @@ async def test_repeats_are_answered_from_the_cache(tiny_vit_dir):
                                   files=[("files", ("a", a)), ("files", ("b", b))])
         again = await client.post("/v1/classify",
                                   files=[("files", ("b2", b)), ("files", ("a2", a))])
-    assert _model_images(engine) == 2  # the second request reached no model
+        await client.post("/v1/classify", files=[("files", ("a3", a))])
+    assert _model_images(engine) == 2  # the later requests reached no model
     one, two = first.json()["results"]
     assert again.json()["results"][0]["scores"] == two["scores"]
     assert again.json()["results"][1]["scores"] == one["scores"]
     assert again.json()["results"][0]["filename"] == "b2"
-    assert _metric(engine, "hit") == 2
+    assert _metric(engine, "hit") == 3
     assert _metric(engine, "miss") == 2
 
 
@@ -51,3 +54,21 @@ async def test_bounded_least_recently_used_first_out(tiny_vit_dir):
             await client.post("/v1/classify", files=[("files", ("x", data))])
     assert _model_images(engine) == 4  # a, b, c, then b again
 
+
+
+async def test_decoding_runs_on_the_decode_threads(tiny_vit_dir, monkeypatch):
+    """SAFEGEN_DECODE_THREADS threads decode (and look up the cache), never the loop's default
+    pool, which other work shares."""
+    async with red_app(tiny_vit_dir, result_cache_size=10, decode_threads=1) as (client, engine):
+        threads: list[str] = []
+        decode = engine._decode
+
+        def recording(data: bytes):
+            threads.append(threading.current_thread().name)
+            return decode(data)
+
+        monkeypatch.setattr(engine, "_decode", recording)
+        response = await client.post("/v1/classify", files=[
+            ("files", (str(i), images.png(i))) for i in range(3)])
+    assert response.status_code == 200, response.text
+    assert threads == ["safegen-decode_0"] * 3
