@@ -42,8 +42,8 @@ test-shuffled: install node_modules/.installed
 	bash scripts/system-deps.sh
 	$(PY) -m pytest $(if $(SEED),--randomly-seed=$(SEED))
 
-# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml). Not in CI: it takes about
-# an hour on 2 cores. Results stay in mutants/; a rerun tests only what changed.
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml). Not in CI: it takes
+# hours on 2 cores (docs/testing.md). Results stay in mutants/; a rerun tests only what changed.
 mutation: install
 	$(VENV)/bin/mutmut run
 	$(PY) scripts/mutation_report.py

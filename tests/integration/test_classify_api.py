@@ -133,12 +133,14 @@ async def test_health_readiness_metrics_and_docs(make_client):
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["components"]["classifier"] is True
-        await client.post("/v1/classify", files=[("files", ("a.png", images.png(1)))])
+        await client.post("/v1/classify", files=[("files", ("a.png", images.png(1))),
+                                                 ("files", ("b.png", b"not an image"))])
         metrics = (await client.get("/metrics")).text
         assert 'safegen_http_requests_total{method="POST",route="/v1/classify",status="200"} 1.0' \
             in metrics
         assert "safegen_queue_depth 0.0" in metrics
         assert 'safegen_classified_images_total{outcome="scored"} 1.0' in metrics
+        assert 'safegen_classified_images_total{outcome="invalid_image"} 1.0' in metrics
         assert "safegen_ready 1.0" in metrics
         docs = await client.get("/docs")
         schema = (await client.get("/openapi.json")).json()

@@ -87,6 +87,20 @@ def test_each_backend_states_the_documented_bound() -> None:
     assert stated == DOCUMENTED_BOUNDS
 
 
+async def test_fast_decode_reads_large_jpegs_at_reduced_scale(tiny_vit_dir):
+    """README: fast decoding is the default and SAFEGEN_FAST_DECODE=false the exact path. A JPEG
+    several times the model's input decodes at a reduced scale (other pixels, other scores); a
+    PNG decodes the same either way."""
+    fast = await engine_scores(tiny_vit_dir, fast=True, precision="fp32")
+    exact = await engine_scores(tiny_vit_dir, fast=False, precision="fp32")
+    large_jpeg = TEST_IMAGES.index(images.jpeg(8, (1000, 1000)))
+    # The tiny model moves its scores by about 1e-5 for a quarter-scale decode; fp32 batches of
+    # other compositions by less than 1e-7.
+    assert np.abs(fast[large_jpeg] - exact[large_jpeg]).max() > 1e-6
+    pngs = slice(large_jpeg + 1, None)
+    np.testing.assert_allclose(fast[pngs], exact[pngs], atol=1e-7)
+
+
 async def test_parity_with_transformers_pipeline_tiny(tiny_vit_dir, tmp_path):
     await check_parity(tiny_vit_dir, tmp_path / "cache")
 
