@@ -278,13 +278,16 @@ async def test_post_form_file_takes_the_policy_content_type_and_comes_once_last(
     fault_server: FaultServer,
 ) -> None:
     """S3 reads form fields up to ``file`` and ignores the rest: a ``file`` among the policy
-    fields must not stand in for the image; the policy's Content-Type types the file part."""
+    fields must not stand in for the image; the policy's Content-Type types the file part. The
+    result URL is the POST URL (only trailing slashes trimmed; none here), a slash, the key."""
     fault_server.script(Step(204, headers={"ETag": f'"{MD5}"'}))
     fields = {"policy": POLICY, "Content-Type": "image/jpeg", "file": "not the image",
               "x-amz-signature": "s"}
     async with uploader() as up:
-        result = await up.post_form(f"{fault_server.url}/bucket", fields, "k.jpg", BODY, "k.jpg")
+        result = await up.post_form(f"{fault_server.url}/uploads/BOX", fields, "k.jpg", BODY,
+                                    "k.jpg")
     assert result.ok, result.reason  # the ETag is the MD5 of the file bytes: verified, matches
+    assert result.url == f"{fault_server.url}/uploads/BOX/k.jpg"
     (request,) = fault_server.requests
     assert request.method == "POST"
     parts = form_parts(request)
