@@ -262,6 +262,26 @@ def test_openvino_cache_key_follows_kind_and_weights(tiny_loaded):
     assert openvino_backend.cache_key(changed, "float") != key
 
 
+def test_int8_calibration_images_are_reproducible_photo_like_fields():
+    """int8 is calibrated on generated images (no data set is downloaded): the same seed gives the
+    same images, so a rebuilt cache quantises the same way; each is a smooth field of more than
+    one colour, not a flat image or pixel noise, whose activation ranges no photo has."""
+    count = openvino_backend.CALIBRATION_IMAGES
+    first = openvino_backend.calibration_images((64, 48), count, seed=0)
+    again = openvino_backend.calibration_images((64, 48), count, seed=0)
+    other = openvino_backend.calibration_images((64, 48), count, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(np.concatenate(first), np.concatenate(other))
+    for image in first:
+        assert image.shape == (1, 48, 64, 3)
+        assert image.dtype == np.uint8
+        pixels = image[0].astype(np.float64)
+        blocks = pixels.reshape(6, 8, 8, 8, 3).mean(axis=(1, 3))  # 8x8-pixel block means
+        assert blocks.std(axis=(0, 1)).max() > 10  # colours change across the image
+        uniform_noise_step = 85.0  # mean |a - b| of two independent uniform bytes
+        assert np.abs(np.diff(pixels, axis=1)).mean() < uniform_noise_step / 2
+
+
 def test_openvino_and_nncf_send_no_telemetry(tmp_path):
     """Both send usage events and write a client id under ~/intel unless told not to; a
     self-hosted service must not. A fresh process (pytest itself silences NNCF's)."""
