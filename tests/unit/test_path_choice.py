@@ -80,6 +80,80 @@ def test_batch_cap_is_the_fastest_per_image_ties_to_the_bigger():
     # the issue's host: 15.0 img/s at batch 8, 12.6 at batch 29-32
     assert path_choice.pick_batch_size({4: 13.9, 8: 15.0, 16: 14.1, 32: 12.6}) == 8
     assert path_choice.pick_batch_size({8: 100.0, 16: 101.0, 32: 99.5}) == 32  # GPU-like
+    assert path_choice.pick_batch_size({8: 100.0, 16: 97.0}) == 16  # 3% slower: still a tie
+
+
+class ScriptedBackend:
+    """A backend whose passes take scripted seconds on a fake clock: ``seconds(batch size, call
+    number)``; every call's batch size is recorded. Durations are binary fractions, so sums are
+    exact and a pass that ends exactly on the one-second budget is a pass within it."""
+
+    def __init__(self, clock: list[float], seconds: Any) -> None:
+        self.clock, self.seconds, self.calls = clock, seconds, []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        self.clock[0] += self.seconds(len(batch), len(self.calls))
+        return np.zeros((len(batch), 2), np.float32)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(path_choice, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: now[0]),
+    }))
+    return now
+
+
+def timed(clock: list[float], passes: list[float], batch: int = 8,
+          best_so_far: float | None = None) -> tuple[float, list[int]]:
+    """images_per_second over scripted passes (the first is the warm-up): (rate, calls)."""
+    backend = ScriptedBackend(clock, lambda size, call: passes[call - 1])
+    pixels = np.zeros((batch, 1), np.uint8)
+    if best_so_far is None:
+        return path_choice.images_per_second(backend, pixels), backend.calls  # type: ignore[arg-type]
+    return path_choice.images_per_second(backend, pixels, best_so_far), backend.calls  # type: ignore[arg-type]
+
+
+def test_a_path_is_timed_after_one_warm_up_as_its_best_pass_within_about_a_second(clock):
+    """docs/performance.md: one warm-up pass, then the best of 2-5 passes within about a second."""
+    rate, calls = timed(clock, [10.0, 0.25, 0.125, 0.5, 0.125, 0.25])
+    assert rate == 8 / 0.125  # the warm-up (10 s) is not counted; the best pass is
+    assert len(calls) == 1 + 4  # the 4th pass starts at 0.875 s; the 5th would at 1.0 s
+    rate, calls = timed(clock, [1.0, 0.75, 0.5, 0.25])
+    assert (rate, len(calls)) == (8 / 0.5, 1 + 2)  # two passes even past the second
+    rate, calls = timed(clock, [1.0] + [0.0625] * 10)
+    assert (rate, len(calls)) == (8 / 0.0625, 1 + 5)  # at most five
+    rate, calls = timed(clock, [1.0, 2.0, 2.0, 2.0], batch=1)
+    assert (rate, len(calls)) == (0.5, 1 + 2)  # however slow, nothing to compare with: two
+
+
+def test_a_path_far_below_the_best_so_far_gets_one_pass(clock):
+    """docs/performance.md: a path whose first timed pass is under 60% of the best so far gets no
+    second one; at 60% or above it is timed in full."""
+    rate, calls = timed(clock, [1.0, 0.25, 0.25, 0.25], best_so_far=100.0)
+    assert (rate, len(calls)) == (32.0, 1 + 1)  # 32 img/s < 60
+    rate, calls = timed(clock, [1.0, 0.125, 0.25, 0.5, 0.5], best_so_far=100.0)
+    assert (rate, len(calls)) == (64.0, 1 + 4)  # 64 img/s: not dropped
+    rate, calls = timed(clock, [1.0, 1.0, 1.0], batch=6, best_so_far=10.0)
+    assert (rate, len(calls)) == (6.0, 1 + 2)  # exactly 60% is not under it
+
+
+def sweep(clock: list[float], rates: dict[int, float], probe: int, cap: int) -> dict[int, float]:
+    backend = ScriptedBackend(clock, lambda size, call: size / rates[size])
+    return path_choice.sweep_batch_sizes(backend, np.zeros((cap, 1), np.uint8), probe, cap)  # type: ignore[arg-type]
+
+
+def test_batch_sizes_climb_while_the_rate_holds(clock):
+    """docs/performance.md: powers of two around the probe, up to the cap, climbing while the rate
+    holds, in both directions."""
+    faster_small = {1: 64.0, 2: 32.0, 4: 16.0, 8: 8.0, 16: 4.0}
+    assert sweep(clock, faster_small, probe=8, cap=16) == faster_small  # down to 1
+    falls_then_rises = {4: 16.0, 8: 32.0, 16: 8.0, 32: 64.0, 48: 64.0}
+    assert sweep(clock, falls_then_rises, probe=8, cap=48) == {4: 16.0, 8: 32.0, 16: 8.0}
+    flat = {1: 8.0, 2: 8.0, 4: 8.0, 8: 8.0, 16: 8.0, 29: 8.0}
+    assert sweep(clock, flat, probe=8, cap=29) == flat  # the cap itself is measured
 
 
 def test_measurement_picks_the_fastest_caches_it_and_logs_the_figures(
