@@ -164,6 +164,21 @@ def test_cache_key_changes_with_precision_and_weights(tiny_loaded, tmp_path, cou
     assert onnx_backend.cache_key(changed, "fp32") != onnx_backend.cache_key(tiny_loaded, "fp32")
 
 
+def test_discarding_an_entry_removes_its_files_and_its_record(tmp_path):
+    """An entry that does not load is removed whole (graph, weights, the sidecar with its digests),
+    and removing one already partly gone is no error (another worker may have removed it)."""
+    entry = tmp_path / "model-abc.xml"
+    for suffix in (".xml", ".bin", ".json"):
+        entry.with_suffix(suffix).write_text("x")
+    other = tmp_path / "model-def.xml"
+    other.write_text("kept")
+    artifact_cache.discard(entry, (".xml", ".bin"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-def.xml"]
+    entry.with_suffix(".bin").write_text("x")
+    artifact_cache.discard(entry, (".xml", ".bin"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-def.xml"]
+
+
 def test_corrupted_cache_file_is_rebuilt(tiny_loaded, batch, tmp_path, count_exports):
     path = onnx_backend.OnnxBackend(tiny_loaded, "cpu", "fp32", tmp_path).path
     expected = onnx_backend.OnnxBackend(tiny_loaded, "cpu", "fp32", tmp_path).predict(batch)
@@ -215,6 +230,10 @@ def test_openvino_ir_is_cached_and_shared_by_fp32_and_bf16(
     stored = {op.get_output_element_type(0).get_type_name()
               for op in graph.get_ops() if op.get_type_name() == "Constant"}
     assert "f16" not in stored, stored  # weights kept in f32: fp32 must stay exact
+    (pixels,) = graph.inputs  # uint8 pixels at the model's size; only the batch axis is free
+    height, width = tiny_loaded.preprocessing.size[1], tiny_loaded.preprocessing.size[0]
+    assert str(pixels.get_partial_shape()) == f"[?,{height},{width},3]"
+    assert pixels.get_element_type().get_type_name() == "u8"
     assert not [p for p in fp32.path.parent.iterdir() if p.name.startswith(".build-")]
     again = openvino_backend.OpenVinoBackend(tiny_loaded, "fp32", tmp_path, threads=1)
     assert count_conversions == ["float"]
