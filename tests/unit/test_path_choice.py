@@ -74,6 +74,10 @@ def test_fastest_path_wins_ties_go_to_the_more_exact():
     # within 3% is noise: the smaller parity bound wins
     assert path_choice.pick_path({P("onnx", "fp32"): 10.0, P("torch", "bf16"): 10.2}) == P(
         "onnx", "fp32")
+    assert path_choice.pick_path({P("torch", "fp32"): 10.0, P("openvino", "bf16"): 10.2}) == P(
+        "torch", "fp32")
+    assert path_choice.pick_path({P("onnx", "fp32"): 97.0, P("torch", "bf16"): 100.0}) == P(
+        "onnx", "fp32")  # exactly 3% slower is still a tie
 
 
 def test_batch_cap_is_the_fastest_per_image_ties_to_the_bigger():
