@@ -284,21 +284,25 @@ def test_openvino_cache_key_follows_kind_and_weights(tiny_loaded):
 def test_int8_calibration_images_are_reproducible_photo_like_fields():
     """int8 is calibrated on generated images (no data set is downloaded): the same seed gives the
     same images, so a rebuilt cache quantises the same way; each is a smooth field of more than
-    one colour, not a flat image or pixel noise, whose activation ranges no photo has."""
+    one colour with grain, not a flat image, a clean gradient or pixel noise, whose activation
+    ranges no photo has."""
     count = openvino_backend.CALIBRATION_IMAGES
-    first = openvino_backend.calibration_images((64, 48), count, seed=0)
-    again = openvino_backend.calibration_images((64, 48), count, seed=0)
-    other = openvino_backend.calibration_images((64, 48), count, seed=1)
+    first = openvino_backend.calibration_images((224, 224), count, seed=0)
+    again = openvino_backend.calibration_images((224, 224), count, seed=0)
+    other = openvino_backend.calibration_images((224, 224), count, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(np.concatenate(first), np.concatenate(other))
     for image in first:
-        assert image.shape == (1, 48, 64, 3)
+        assert image.shape == (1, 224, 224, 3)
         assert image.dtype == np.uint8
         pixels = image[0].astype(np.float64)
-        blocks = pixels.reshape(6, 8, 8, 8, 3).mean(axis=(1, 3))  # 8x8-pixel block means
+        blocks = pixels.reshape(28, 8, 28, 8, 3).mean(axis=(1, 3))  # 8x8-pixel block means
         assert blocks.std(axis=(0, 1)).max() > 10  # colours change across the image
         uniform_noise_step = 85.0  # mean |a - b| of two independent uniform bytes
         assert np.abs(np.diff(pixels, axis=1)).mean() < uniform_noise_step / 2
+        laplacian = (4 * pixels[1:-1, 1:-1] - pixels[:-2, 1:-1] - pixels[2:, 1:-1]
+                     - pixels[1:-1, :-2] - pixels[1:-1, 2:])
+        assert np.median(np.abs(laplacian)) > 4  # grain: a clean gradient's is 0 or 1
 
 
 def test_int8_ir_is_reproducible_and_quantises_only_the_matrix_multiplies(tiny_loaded, tmp_path):
