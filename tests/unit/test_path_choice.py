@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -161,14 +162,16 @@ def test_batch_sizes_climb_while_the_rate_holds(clock):
 
 
 def test_measurement_picks_the_fastest_caches_it_and_logs_the_figures(
-    tiny_loaded, cache_dir, timings, caplog
+    tiny_loaded, cache_dir, timings, caplog, tmp_path, monkeypatch
 ):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     timings["rates"] = {"torch-fp32": 10.0, "onnx-fp32": 30.0, "openvino-fp32": 20.0}
     timings["by_size"] = {8: 30.0, 16: 31.5, 4: 25.0}
     caplog.set_level(logging.INFO, logger="safegen.moderation")
     paths = registry.candidates("auto", "auto", "cpu", 1e-2)
     backend, choice = path_choice.choose(tiny_loaded, request(cache_dir, max_batch_size=16))
     assert (backend.name, backend.precision) == ("onnx", "fp32")
+    assert not (tmp_path / "user-cache" / "safegen").exists()  # the export from the cache dir
     assert choice.source == "measured"
     assert choice.path == "onnx-fp32"
     assert choice.batch_size == 16
@@ -195,6 +198,53 @@ def test_measurement_picks_the_fastest_caches_it_and_logs_the_figures(
     assert (again.path, again.batch_size) == ("onnx-fp32", 16)
     assert backend.name == "onnx"
     assert "cached" in caplog.records[-1].getMessage()
+
+
+def test_measurement_times_loosest_bounds_first_against_the_best_so_far(
+    tiny_vit_dir, cache_dir, tmp_path, monkeypatch, caplog
+):
+    """docs/performance.md: the loosest bounds go first, each path is timed knowing the best rate
+    so far (a path far below it gets one pass), exports go to the configured cache dir, and each
+    trial runs on a copy of the model: the winner is built as if nothing else had been timed
+    (torch-bf16 casts its model's weights). The log names each path as it is timed; the record
+    keeps the probe batch, the time the measurement took, and when."""
+    loaded = load_classifier(str(tiny_vit_dir))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    rates = {"torch-bf16": 12.0, "onnx-fp32": 15.0, "torch-fp32": 20.0}
+    calls: list[tuple[str, int, float]] = []
+
+    def fake(backend: Any, batch: np.ndarray, best_so_far: float = 0.0) -> float:
+        path = f"{backend.name}-{backend.precision}"
+        calls.append((path, len(batch), best_so_far))
+        return rates[path]
+
+    monkeypatch.setattr(path_choice, "images_per_second", fake)
+    caplog.set_level(logging.INFO, logger="safegen.moderation")
+    paths = [P("torch", "fp32"), P("onnx", "fp32"), P("torch", "bf16")]
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    backend, choice = path_choice.measure(loaded, paths, "cpu",
+                                          request(cache_dir, tune_batch_size=False))
+    after = datetime.now(timezone.utc)
+    assert calls[0] == ("torch-bf16", 8, 0.0)  # the loosest bound (1e-2) first
+    assert {path for path, _, _ in calls[1:]} == {"onnx-fp32", "torch-fp32"}
+    for index, (_, batch, best_so_far) in enumerate(calls):
+        assert batch == 8
+        assert best_so_far == max([rates[path] for path, _, _ in calls[:index]], default=0.0)
+    timing = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("timing inference path")]
+    assert timing == [f"timing inference path {path} (3 candidates)" for path, _, _ in calls]
+    assert not (tmp_path / "user-cache" / "safegen").exists()  # no export outside the cache dir
+
+    assert (backend.name, backend.precision) == ("torch", "fp32")
+    width, height = loaded.preprocessing.size
+    pixels = np.random.default_rng(1).integers(0, 256, (2, height, width, 3), np.uint8)
+    untouched = registry.build(load_classifier(str(tiny_vit_dir)), P("torch", "fp32"), "cpu")
+    np.testing.assert_allclose(backend.predict(pixels), untouched.predict(pixels), atol=1e-6)
+
+    assert choice.probe_batch == 8
+    assert choice.seconds > 0
+    assert before <= datetime.fromisoformat(choice.measured_at) <= after
+    assert f"measured now in {choice.seconds:.1f} s); img/s at batch 8: " in choice.describe()
 
 
 def test_a_change_of_host_facts_measures_again(tiny_loaded, cache_dir, timings):
