@@ -210,7 +210,7 @@ def test_measurement_times_loosest_bounds_first_against_the_best_so_far(
     keeps the probe batch, the time the measurement took, and when."""
     loaded = load_classifier(str(tiny_vit_dir))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    rates = {"torch-bf16": 12.0, "onnx-fp32": 15.0, "torch-fp32": 20.0}
+    rates = {"torch-bf16": 12.5, "onnx-fp32": 15.5, "torch-fp32": 20.0}
     calls: list[tuple[str, int, float]] = []
 
     def fake(backend: Any, batch: np.ndarray, best_so_far: float = 0.0) -> float:
@@ -219,6 +219,10 @@ def test_measurement_times_loosest_bounds_first_against_the_best_so_far(
         return rates[path]
 
     monkeypatch.setattr(path_choice, "images_per_second", fake)
+    ticks = iter([100.0, 103.125])  # the measurement's start and end on a scripted clock
+    monkeypatch.setattr(path_choice, "time", type("Clock", (), {
+        "monotonic": staticmethod(lambda: next(ticks)),
+    }))
     caplog.set_level(logging.INFO, logger="safegen.moderation")
     paths = [P("torch", "fp32"), P("onnx", "fp32"), P("torch", "bf16")]
     before = datetime.now(timezone.utc).replace(microsecond=0)
@@ -242,9 +246,10 @@ def test_measurement_times_loosest_bounds_first_against_the_best_so_far(
     np.testing.assert_allclose(backend.predict(pixels), untouched.predict(pixels), atol=1e-6)
 
     assert choice.probe_batch == 8
-    assert choice.seconds > 0
+    assert choice.seconds == 3.12  # to the hundredth
     assert before <= datetime.fromisoformat(choice.measured_at) <= after
-    assert f"measured now in {choice.seconds:.1f} s); img/s at batch 8: " in choice.describe()
+    assert ("(measured now in 3.1 s); img/s at batch 8: torch-fp32 20, onnx-fp32 15.5, "
+            "torch-bf16 12.5") in choice.describe()  # fastest first
 
 
 def test_a_change_of_host_facts_measures_again(tiny_loaded, cache_dir, timings):
