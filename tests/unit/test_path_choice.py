@@ -113,7 +113,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def timed(clock: list[float], passes: list[float], batch: int = 8,
           best_so_far: float | None = None) -> tuple[float, list[int]]:
-    """images_per_second over scripted passes (the first is the warm-up): (rate, calls)."""
+    """images_per_second over scripted passes (the first is the warm-up): (rate, calls). Without
+    ``best_so_far`` the call leaves it out, as the batch-size sweep does."""
     backend = ScriptedBackend(clock, lambda size, call: passes[call - 1])
     pixels = np.zeros((batch, 1), np.uint8)
     if best_so_far is None:
