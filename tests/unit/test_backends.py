@@ -231,7 +231,7 @@ def test_openvino_ir_is_cached_and_shared_by_fp32_and_bf16(
               for op in graph.get_ops() if op.get_type_name() == "Constant"}
     assert "f16" not in stored, stored  # weights kept in f32: fp32 must stay exact
     (pixels,) = graph.inputs  # uint8 pixels at the model's size; only the batch axis is free
-    height, width = tiny_loaded.preprocessing.size[1], tiny_loaded.preprocessing.size[0]
+    width, height = tiny_loaded.preprocessing.size
     assert str(pixels.get_partial_shape()) == f"[?,{height},{width},3]"
     assert pixels.get_element_type().get_type_name() == "u8"
     assert not [p for p in fp32.path.parent.iterdir() if p.name.startswith(".build-")]

@@ -7,8 +7,10 @@ import asyncio
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -93,8 +95,8 @@ class ScriptedBackend:
     number)``; every call's batch size is recorded. Durations are binary fractions, so sums are
     exact and a pass that ends exactly on the one-second budget is a pass within it."""
 
-    def __init__(self, clock: list[float], seconds: Any) -> None:
-        self.clock, self.seconds, self.calls = clock, seconds, []
+    def __init__(self, clock: list[float], seconds: Callable[[int, int], float]) -> None:
+        self.clock, self.seconds, self.calls = clock, seconds, list[int]()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.calls.append(len(batch))
@@ -105,9 +107,7 @@ class ScriptedBackend:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr(path_choice, "time", type("Clock", (), {
-        "perf_counter": staticmethod(lambda: now[0]),
-    }))
+    monkeypatch.setattr(path_choice, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     return now
 
 
@@ -117,9 +117,8 @@ def timed(clock: list[float], passes: list[float], batch: int = 8,
     ``best_so_far`` the call leaves it out, as the batch-size sweep does."""
     backend = ScriptedBackend(clock, lambda size, call: passes[call - 1])
     pixels = np.zeros((batch, 1), np.uint8)
-    if best_so_far is None:
-        return path_choice.images_per_second(backend, pixels), backend.calls  # type: ignore[arg-type]
-    return path_choice.images_per_second(backend, pixels, best_so_far), backend.calls  # type: ignore[arg-type]
+    given = () if best_so_far is None else (best_so_far,)
+    return path_choice.images_per_second(backend, pixels, *given), backend.calls  # type: ignore[arg-type]
 
 
 def test_a_path_is_timed_after_one_warm_up_as_its_best_pass_within_about_a_second(clock):
@@ -221,9 +220,7 @@ def test_measurement_times_loosest_bounds_first_against_the_best_so_far(
 
     monkeypatch.setattr(path_choice, "images_per_second", fake)
     ticks = iter([100.0, 103.125])  # the measurement's start and end on a scripted clock
-    monkeypatch.setattr(path_choice, "time", type("Clock", (), {
-        "monotonic": staticmethod(lambda: next(ticks)),
-    }))
+    monkeypatch.setattr(path_choice, "time", SimpleNamespace(monotonic=lambda: next(ticks)))
     caplog.set_level(logging.INFO, logger="safegen.moderation")
     paths = [P("torch", "fp32"), P("onnx", "fp32"), P("torch", "bf16")]
     before = datetime.now(timezone.utc).replace(microsecond=0)
