@@ -135,10 +135,20 @@ async def test_decisions_through_a_fastapi_app(memory_limiter: RateLimiter) -> N
     assert ok.headers["x-ratelimit-remaining"] == "1"
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limited"
+    # The message tells the client the limit, the cost, what is left and when to come back.
+    retry_after = limited.headers["retry-after"]
+    assert limited.json()["error"]["message"] == (
+        f"rate limit of 10 per 1 minute exceeded (this request costs 2, 1 left); "
+        f"retry after {retry_after} s"
+    )
     assert limited.headers["x-ratelimit-limit"] == "10"
     assert int(limited.headers["retry-after"]) >= 1
     assert too_many.status_code == 429
     assert too_many.json()["error"]["code"] == "rate_limit_cost_too_high"
+    assert too_many.json()["error"]["message"] == (
+        "this request costs 11 (one per image) but the rate limit allows at most 10 per 1 minute; "
+        "send fewer images per request"
+    )
     assert "retry-after" not in too_many.headers
 
 
@@ -221,7 +231,7 @@ async def test_redis_killed_mid_run(
             assert outcomes[0].status_code == 503
             assert outcomes[0].code == "rate_limit_unavailable"
             assert headers(outcomes[0]) == {"Retry-After": "5"}
-            assert "Error" not in outcomes[0].message
+            assert outcomes[0].message == "rate limiting is temporarily unavailable; retry later"
         # One warning for the burst (the rest are throttled), naming the policy, not the URI.
         warnings = [r.getMessage() for r in caplog.records]
         assert len(warnings) == 1
@@ -290,7 +300,7 @@ def test_storage_warnings_are_throttled_and_count_what_they_held_back(
         warn(failure, "fail_closed")
         now[0] = 1040.0
         warn(failure, "fail_open")
-        now[0] = 1062.0
+        now[0] = 1061.0  # exactly one interval after the last warning: due again
         warn(failure, "fail_open")
     template = ("rate-limit storage unreachable (ConnectionError); applying {} "
                 "({} similar warnings suppressed)")

@@ -27,6 +27,7 @@ from safegen.api.auth import (
 PLAIN_KEY = "plain-key-0123456789abcdef"
 HASHED_KEY = "hashed-key-fedcba9876543210"
 OTHER_KEY = "other-key-5555555555555555"
+MISSING_KEY = "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'"
 
 
 def sha256_hex(key: str) -> str:
@@ -73,17 +74,22 @@ async def test_missing_key_is_401_with_bearer_challenge(
     response = await client.post(path)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert response.json()["detail"]["code"] == "unauthorized"
+    # The message says how to send a key (this app has no error handlers: FastAPI's detail).
+    assert response.json()["detail"] == {"code": "unauthorized", "message": MISSING_KEY}
 
 
 @pytest.mark.parametrize(
-    "headers",
-    [{"Authorization": f"Bearer {OTHER_KEY}"}, {"X-API-Key": OTHER_KEY}, {"X-API-Key": ""}],
+    ("headers", "message"),
+    [({"Authorization": f"Bearer {OTHER_KEY}"}, "invalid API key"),
+     ({"X-API-Key": OTHER_KEY}, "invalid API key"), ({"X-API-Key": ""}, MISSING_KEY)],
 )
-async def test_wrong_key_is_401(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+async def test_wrong_key_is_401(
+    client: httpx.AsyncClient, headers: dict[str, str], message: str
+) -> None:
     response = await client.post("/v1/classify", headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["detail"] == {"code": "unauthorized", "message": message}
     assert OTHER_KEY not in response.text
 
 
@@ -273,9 +279,17 @@ def test_generated_key_is_printed_on_a_terminal_never_logged(
     stream = Terminal()
     with caplog.at_level(logging.DEBUG):
         assert announce_generated_key(generated, stream) is None
-    assert generated in stream.getvalue()
-    assert caplog.records
-    assert all(generated not in record.getMessage() for record in caplog.records)
+    # The banner is the operator's only copy of the key: it says how to send it and how to keep
+    # a stable one instead, in these words.
+    assert stream.getvalue() == (
+        "\nsafegen: no API key configured (SAFEGEN_API_KEYS / SAFEGEN_API_KEYS_FILE), so one was\n"
+        "generated for this process only. Send it as 'Authorization: Bearer <key>':\n\n"
+        f"    {generated}\n\n"
+        "Configure your own key (or its 'sha256:<hex>' digest) to keep a stable one.\n\n"
+    )
+    assert [record.getMessage() for record in caplog.records] == [
+        "no API key configured: a temporary key was generated and printed"
+    ]
 
 
 def test_generated_key_off_a_terminal_goes_to_a_private_file(
@@ -292,8 +306,12 @@ def test_generated_key_off_a_terminal_goes_to_a_private_file(
     assert path.parent == tmp_path
     assert path.read_text().strip() == generated
     assert path.stat().st_mode & 0o777 == 0o600
-    assert any(str(path) in record.getMessage() for record in caplog.records)
-    assert all(generated not in record.getMessage() for record in caplog.records)
+    # The log line says where the key is and how to keep a stable one, never the key.
+    assert [record.getMessage() for record in caplog.records] == [
+        f"no API key configured: a temporary key was generated and written to {path} (mode 600; "
+        "configure SAFEGEN_API_KEYS or SAFEGEN_API_KEYS_FILE to keep a stable one)"
+    ]
+    assert generated not in caplog.text
 
 
 FOREIGN_GROUP = 54_321  # a group this process is not in
