@@ -1,0 +1,103 @@
+"""The pinned client against real sockets: a URL's host name in any spelling reaches the address
+that was checked for it, the connect timeout holds, and nothing else is connected to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import httpcore
+import httpx
+import pytest
+
+from safegen.egress import EgressPolicy, PinnedClient
+from safegen.egress.client import _PinnedNetwork, _Pins
+from safegen.egress.policy import IPAddress
+
+LOOPBACK_OK = EgressPolicy(purpose="fetch", allowed_schemes=("http",), allow_loopback=True)
+LOOPBACK_V4 = ipaddress.ip_address("127.0.0.1")
+
+
+def resolving_to(address: IPAddress):  # type: ignore[no-untyped-def]
+    """A stand-in for DNS (none here): every name resolves to ``address``."""
+    async def resolve(host: str, port: int) -> list[IPAddress]:
+        return [address]
+    return resolve
+
+
+@contextlib.asynccontextmanager
+async def http_server(host: str) -> AsyncIterator[int]:
+    """An HTTP server on ``host`` answering every request with 200 ``ok``; yields its port."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, host, 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def get(client: PinnedClient, url: str) -> httpx.Response:
+    target = await client.resolve(url)
+    response = await client.send(target, client.build_request(target, "GET"))
+    await response.aread()
+    await response.aclose()
+    return response
+
+
+@pytest.mark.parametrize("spelling", ["images.example", "Images.EXAMPLE", "images.example."])
+async def test_a_host_name_in_any_spelling_reaches_its_checked_address(spelling: str) -> None:
+    # Upper case and the root's trailing dot name the same host: the connection must find the
+    # address pinned for it, not be refused as unchecked.
+    client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
+    async with http_server("127.0.0.1") as port, client:
+        response = await get(client, f"http://{spelling}:{port}/image.png")
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+async def test_an_ipv6_literal_reaches_its_address() -> None:
+    client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
+    async with http_server("::1") as port, client:
+        response = await get(client, f"http://[::1]:{port}/image.png")
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A listening port whose accept queue is full: the kernel drops new SYNs, so a connect
+    waits until its timeout (what a firewalled or overloaded host does)."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(16):  # fill the queue until a connection is no longer taken
+            filler = stack.enter_context(socket.socket())
+            filler.settimeout(0.5)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("the accept queue never filled")
+        yield port
+
+
+async def test_the_connect_timeout_holds_for_the_pinned_address() -> None:
+    with unanswered_port() as port:
+        async with PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4),
+                                timeout=httpx.Timeout(30.0, connect=0.2)) as client:
+            # The outer bound only stops a connect that ignores its timeout from hanging the test.
+            with pytest.raises(httpx.ConnectTimeout):
+                await asyncio.wait_for(get(client, f"http://images.example:{port}/"), 20)
+
+
+async def test_the_network_layer_refuses_any_host_not_pinned() -> None:
+    network = _PinnedNetwork(_Pins())
+    with pytest.raises(httpcore.ConnectError, match=r"^evil\.example:443 is not a checked target$"):
+        await network.connect_tcp("evil.example", 443)
