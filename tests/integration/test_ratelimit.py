@@ -101,6 +101,42 @@ async def test_cost_above_the_whole_limit_is_refused_clearly(
         await memory_limiter.hit("/generate", "key-c", cost=0)
 
 
+async def test_a_test_takes_nothing_and_costs_one_by_default(memory_limiter: RateLimiter) -> None:
+    # test() is the check made before a body is read: asking twice takes nothing.
+    for _ in range(2):
+        probe = await memory_limiter.test("/v1/classify", "key-t")
+        assert (probe.allowed, probe.limit, probe.remaining) == (True, 3, 3)
+    await memory_limiter.hit("/v1/classify", "key-t", cost=2)
+    assert (await memory_limiter.test("/v1/classify", "key-t")).allowed
+    over = await memory_limiter.test("/v1/classify", "key-t", cost=2)
+    assert (over.allowed, over.reason, over.remaining) == (False, "limited", 1)
+    assert over.message.startswith("rate limit of 3 per 1 second exceeded (this request costs 2, ")
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_test_against_unreachable_storage(fail_open: bool) -> None:
+    # Failing open, the test lets the request on to its charge, which reports the failure once;
+    # failing closed, the test itself refuses with 503 and reports it.
+    policies: list[str] = []
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        limiter = RateLimiter(
+            "5/minute", storage_uri=f"redis://127.0.0.1:{unused.getsockname()[1]}/0",
+            fail_open=fail_open, on_storage_error=policies.append, storage_timeout_s=5,
+        )
+        try:
+            decision = await limiter.test("/v1/classify", "key-a")
+        finally:
+            await limiter.close()
+    assert decision.reason == "storage_unavailable"
+    if fail_open:
+        assert (decision.allowed, decision.limit, policies) == (True, 5, [])
+        assert headers(decision) == {}
+    else:
+        assert (decision.status_code, policies) == (503, ["fail_closed"])
+        assert headers(decision) == {"Retry-After": "5"}
+
+
 async def test_headers(memory_limiter: RateLimiter) -> None:
     allowed = await memory_limiter.hit("/generate", "key-h", cost=2)
     got = headers(allowed)

@@ -17,14 +17,18 @@ LOCAL = UploadTargetPolicy(allowed_schemes=("http", "https"), allow_loopback=Tru
 
 
 class fixed:  # noqa: N801 (reads as a function at the call sites)
-    """A resolver that answers ``addresses`` for any host and counts its calls."""
+    """A resolver that answers ``addresses`` for any host and records what it was asked."""
 
     def __init__(self, *addresses: str) -> None:
         self.addresses = [ipaddress.ip_address(a) for a in addresses]
-        self.calls = 0
+        self.asked: list[tuple[str, int]] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.asked)
 
     async def __call__(self, host: str, port: int) -> list[IPAddress]:
-        self.calls += 1
+        self.asked.append((host, port))
         return list(self.addresses)
 
 
@@ -229,3 +233,118 @@ async def test_allowlist_is_checked_before_dns_and_does_not_bypass_address_check
         await resolve_target("https://s3.example.com/k", policy, resolver=fixed("192.168.0.5"))
     literal_policy = UploadTargetPolicy(allowed_hosts=("[::1]",), allow_loopback=True)
     assert (await resolve_target("https://[::1]/k", literal_policy, SYSTEM)).ip_literal is not None
+
+
+FETCH = UploadTargetPolicy(purpose="fetch", allowed_schemes=("https", "http"))
+
+
+@pytest.mark.parametrize(
+    ("url", "policy", "message"),
+    [
+        ("", FETCH, "fetch URL is missing"),
+        ("https://e.example/" + "a" * 8192, FETCH, "fetch URL is longer than 8192 characters"),
+        ("https://e.example/a b", FETCH,
+         "fetch URL contains spaces, control, non-ASCII or unsafe characters"),
+        ("https://[::1/k", FETCH, "fetch URL is not a valid URL"),
+        ("ftp://e.example/k", FETCH, "fetch URL scheme must be one of: https, http"),
+        ("ftp://e.example/k", UploadTargetPolicy(purpose="fetch", allowed_schemes=("ftp",)),
+         "fetch URL scheme must be http or https"),
+        ("https://e.example/k#", FETCH, "fetch URL must not contain a fragment ('#')"),
+        ("https://u:p@e.example/k", FETCH, "fetch URL must not contain a user name or password"),
+        ("https:///k", FETCH, "fetch URL has no host"),
+        ("https://e.example:65536/k", FETCH, "fetch URL port is not a number from 1 to 65535"),
+        ("https://e.example:8443/k",
+         UploadTargetPolicy(purpose="fetch", allowed_ports=(443, 8080)),
+         "fetch URL port 8443 is not allowed"),
+        ("https://127.1/k", FETCH, "fetch URL host is an IPv4 address in a non-standard form"),
+        ("https://Evil.example./k",
+         UploadTargetPolicy(purpose="fetch", allowed_hosts=("*.example.com",)),
+         "fetch host 'evil.example' is not in the allowed hosts"),
+    ],
+)
+def test_each_rejection_reads_exactly_and_names_its_purpose(
+    url: str, policy: UploadTargetPolicy, message: str
+) -> None:
+    # What a client reads in the 422 body: the URL's purpose, then what is wrong with it.
+    with pytest.raises(UploadTargetRejected) as raised:
+        admit_url(url, policy)
+    assert (raised.value.message, raised.value.code) == (message, "fetch_target_rejected")
+
+
+def test_a_url_that_is_not_a_string_is_missing() -> None:
+    with pytest.raises(UploadTargetRejected) as raised:
+        admit_url(None, FETCH)  # type: ignore[arg-type]
+    assert raised.value.message == "fetch URL is missing"
+
+
+def test_the_limits_are_inclusive() -> None:
+    longest = "https://e.example/" + "a" * (8192 - len("https://e.example/"))
+    assert admit_url(longest, FETCH).url == longest
+    with pytest.raises(UploadTargetRejected, match="longer than"):
+        admit_url(longest + "a", FETCH)
+    assert admit_url("https://e.example:1/k", FETCH).port == 1
+    assert admit_url("https://e.example:65535/k", FETCH).port == 65535
+    for port in (0, 65536):
+        with pytest.raises(UploadTargetRejected, match="from 1 to 65535"):
+            admit_url(f"https://e.example:{port}/k", FETCH)
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "host_header"),
+    [
+        ("https://e.example/k", "e.example", 443, "e.example"),
+        ("https://e.example:443/k", "e.example", 443, "e.example"),
+        ("http://e.example/k", "e.example", 80, "e.example"),
+        ("http://e.example:443/k", "e.example", 443, "e.example:443"),
+        ("https://E.Example.:8443/k", "e.example", 8443, "e.example:8443"),
+        ("https://[2001:db8::1]/k", "2001:db8::1", 443, "[2001:db8::1]"),
+        ("https://[2001:db8::1]:8443/k", "2001:db8::1", 8443, "[2001:db8::1]:8443"),
+    ],
+)
+def test_host_port_and_host_header(url: str, host: str, port: int, host_header: str) -> None:
+    target = admit_url(url, FETCH)
+    assert (target.host, target.port, target.host_header) == (host, port, host_header)
+
+
+def test_a_wildcard_pattern_is_read_like_a_host_name() -> None:
+    # Patterns in any case or with the root's trailing dot mean the same names; "*." needs a
+    # non-empty label before the suffix.
+    policy = UploadTargetPolicy(allowed_hosts=("*.Example.COM.", "S3.Storage.Example.",
+                                               "[2001:DB8::1]"))
+    for host in ("a.example.com", "s3.storage.example", "[2001:db8::1]"):
+        assert admit_url(f"https://{host}/k", policy)
+    for host in (".example.com", "example.com", "xs3.storage.example"):
+        with pytest.raises(UploadTargetRejected, match="not in the allowed hosts"):
+            admit_url(f"https://{host}/k", policy)
+
+
+async def test_the_resolver_is_asked_for_the_host_and_port_and_never_for_a_literal() -> None:
+    resolver = fixed("8.8.8.8")
+    await resolve_target("https://Store.Example.:8443/k", OPEN, resolver)
+    assert resolver.asked == [("store.example", 8443)]
+    literal = await resolve_target("https://8.8.4.4/k", OPEN, resolver)
+    assert str(literal.address) == "8.8.4.4"
+    assert resolver.asked == [("store.example", 8443)]
+
+
+async def test_unresolvable_and_refused_hosts_read_exactly() -> None:
+    with pytest.raises(HostUnresolvable) as raised:
+        await resolve_target("https://store.example/k", FETCH, fixed())
+    assert (raised.value.message, raised.value.code) == (
+        "fetch host 'store.example' could not be resolved", "fetch_host_unresolvable"
+    )
+
+    async def times_out(host: str, port: int) -> list[IPAddress]:
+        raise HostUnresolvable(f"host '{host}' could not be resolved within 5 s")
+
+    with pytest.raises(HostUnresolvable) as raised:
+        await resolve_target("https://store.example/k", FETCH, times_out)
+    assert (raised.value.message, raised.value.code) == (
+        "fetch host 'store.example' could not be resolved within 5 s", "fetch_host_unresolvable"
+    )
+    with pytest.raises(UploadTargetRejected) as refused:
+        await resolve_target("https://store.example/k", FETCH, fixed("8.8.8.8", "fd00::1"))
+    assert (refused.value.message, refused.value.code) == (
+        "fetch host 'store.example' resolves to a private address, which is not allowed",
+        "fetch_target_rejected",
+    )
