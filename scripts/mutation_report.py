@@ -3,11 +3,16 @@
 Score = killed / (killed + survived + no tests): a mutant no test reaches counts against the
 module like a survivor. Timeouts count as killed (the mutant broke the code so it never answered).
 ``--survivors`` lists every surviving mutant's name, for ``mutmut show NAME``.
+
+Where only some of a module's mutants have run, the last column is the 95% (Wilson) interval of
+the whole module's score. It holds for a random sample (``mutation_sample.py``), not for a run
+stopped early, which has scored the mutants with the quickest tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import subprocess
 import sys
@@ -32,6 +37,16 @@ def results(mutmut: str) -> dict[str, str]:
     return statuses
 
 
+def wilson_interval(killed: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The interval that holds a proportion with 95% confidence, from ``killed`` of ``total``
+    drawn at random (Wilson's score interval: sound at small samples and at 0% or 100%)."""
+    share = killed / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    spread = z / (1 + z * z / total) * math.sqrt(share * (1 - share) / total
+                                                 + z * z / (4 * total * total))
+    return max(0.0, centre - spread), min(1.0, centre + spread)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mutmut", default=str(Path(sys.executable).with_name("mutmut")))
@@ -46,7 +61,7 @@ def main() -> int:
         if status in {"survived", "no tests"}:
             survivors[module].append(name)
     print(f"{'module':40} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8}"
-          f" {'not run':>7} {'score':>6}")
+          f" {'not run':>7} {'score':>6} {'95% interval':>13}")
     below = 0
     for module in sorted(by_module):
         counts = by_module[module]
@@ -58,8 +73,10 @@ def main() -> int:
             continue
         score = killed / total
         below += score < GOAL
+        low, high = wilson_interval(killed, total)
+        interval = f"{low:.1%}-{high:.1%}" if not_run else ""
         print(f"{module:40} {total:7} {killed:6} {counts['survived']:8} {counts['no tests']:8} "
-              f"{not_run:7} {score:6.1%}{'' if score >= GOAL else '  < 90%'}")
+              f"{not_run:7} {score:6.1%} {interval:>13}{'' if score >= GOAL else '  < 90%'}")
         if args.survivors:
             for name in survivors[module]:
                 print(f"    {name}")
