@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from safegen.egress import EgressPolicy, PinnedClient
 from safegen.egress.client import _PinnedNetwork, _Pins
 from safegen.egress.policy import IPAddress
+from safegen.egress.resolver import ResolvedTarget
 
 LOOPBACK_OK = EgressPolicy(purpose="fetch", allowed_schemes=("http",), allow_loopback=True)
 LOOPBACK_V4 = ipaddress.ip_address("127.0.0.1")
@@ -101,3 +103,75 @@ async def test_the_network_layer_refuses_any_host_not_pinned() -> None:
     network = _PinnedNetwork(_Pins())
     with pytest.raises(httpcore.ConnectError, match=r"^evil\.example:443 is not a checked target$"):
         await network.connect_tcp("evil.example", 443)
+
+
+def test_a_pin_is_held_while_any_request_to_its_address_is_in_flight() -> None:
+    pins = _Pins()
+    first = ipaddress.ip_address("8.8.8.8")
+    second = ipaddress.ip_address("8.8.4.4")
+
+    def target(address: IPAddress) -> ResolvedTarget:
+        return ResolvedTarget("https://images.example/a", "https", "images.example", 443,
+                              "images.example", address)
+
+    with pins.hold(target(first)):
+        with pins.hold(target(first)):
+            assert pins.address_for("images.example", 443) == first
+        assert pins.address_for("images.example", 443) == first  # one request still in flight
+        assert pins.address_for("images.example", 8443) is None  # the port is part of the pin
+        with pins.hold(target(second)):
+            pass
+        assert pins.address_for("images.example", 443) == first  # the other address was released
+    assert pins.address_for("images.example", 443) is None
+
+
+@contextlib.asynccontextmanager
+async def echo_server(host: str) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """An HTTP server that records each request's head and answers 200 ``ok``."""
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, host, 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1], heads
+
+
+async def test_the_host_header_is_the_urls_own_and_other_headers_pass() -> None:
+    client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
+    async with echo_server("127.0.0.1") as (port, heads), client:
+        target = await client.resolve(f"http://images.example:{port}/a.png")
+        request = client.build_request(
+            target, "GET", headers={"HOST": "internal.example", "X-Trace": "1"}
+        )
+        response = await client.send(target, request)
+        await response.aclose()
+    head = heads[0].decode().lower()
+    assert f"\r\nhost: images.example:{port}\r\n" in head
+    assert "internal.example" not in head
+    assert "\r\nx-trace: 1\r\n" in head
+
+
+async def test_proxies_and_netrc_from_the_environment_are_not_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A proxy would connect wherever the URL says, past the pins; a netrc entry would hand the
+    # server's own credentials to whatever host a client names.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine images.example login service password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with echo_server("127.0.0.1") as (proxy_port, proxied), \
+            echo_server("127.0.0.1") as (port, direct):
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        async with PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4),
+                                timeout=httpx.Timeout(5.0)) as client:
+            response = await get(client, f"http://images.example:{port}/a.png")
+    assert (response.status_code, len(direct), proxied) == (200, 1, [])
+    assert b"authorization" not in direct[0].lower()
