@@ -7,11 +7,14 @@ the wait the refusal saw: the queued work's model time, or how far it is over th
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from safegen.errors import Overloaded
+from safegen.moderation.base import Score
 from safegen.moderation.engine import ClassifierEngine, ModelTimePerImage
 from tests.support.engines import engine_config
 
@@ -82,3 +85,20 @@ def test_model_time_follows_recent_batches():
     assert timer.seconds == pytest.approx(0.5)
     timer.observe(2, 3.0)  # 1.5 s per image
     assert timer.seconds == pytest.approx(0.5 + 0.2 * (1.5 - 0.5))
+
+
+async def test_images_scored_leave_nothing_counted_ahead(tiny_vit_dir):
+    # A queue of two images: an image still counted as arriving after it was scored would make
+    # the next two-image request's queue look full; one counted off twice would let three in.
+    config = engine_config(tiny_vit_dir, max_queue_images=2, device="cpu", backend="torch",
+                           precision="fp32")
+    encoded = io.BytesIO()
+    Image.new("RGB", (40, 30), "blue").save(encoded, "PNG")
+    async with ClassifierEngine(config) as engine:
+        for _ in range(3):
+            assert (await engine.classify_image(Image.new("RGB", (40, 30), "red"))).label
+        for _ in range(3):
+            scores = await engine.classify_bytes([encoded.getvalue()] * 2)
+            assert all(isinstance(score, Score) for score in scores)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await engine.classify_bytes([encoded.getvalue()] * 3)

@@ -96,6 +96,20 @@ def test_rename_refuses_malformed_urls(url: str) -> None:
         rename_object(url, MD5_NAME)
 
 
+@pytest.mark.parametrize("url", ["not a url", "/relative/1.png", "", None])
+def test_a_url_that_is_not_absolute_is_refused_saying_so(url: str) -> None:
+    with pytest.raises(UploadTargetRejected) as refused:
+        split_url(url)
+    assert refused.value.message == "upload URL must be an absolute http(s) URL"
+
+
+def test_redact_skips_empty_query_items_and_keeps_the_rest() -> None:
+    # "&&" and a trailing "&" hold no parameter: the items after them are still redacted and kept.
+    assert redact("https://h/p?&a=1&&Signature=s&b=2&") == (
+        "https://h/p?a=1&Signature=REDACTED&b=2"
+    )
+
+
 def test_split_url_round_trips() -> None:
     for url in (SPEC_URL, V4_URL, "https://h", "https://h?q#f", "https://u@h:1/p/?q=/#f"):
         assert "".join(split_url(url)) == url
