@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -242,8 +243,10 @@ async def test_an_exception_in_place_of_an_output_fails_that_item_alone(executor
     assert str(results[1]) == "bad -1"
 
 
-async def test_refusals_and_failures_say_why(executor):
-    """The words a client reads in its 503 or its image's error, each naming what to do."""
+async def test_refusals_and_failures_say_why(executor, caplog):
+    """The words a client reads in its 503 or its image's error, each naming what to do, and
+    the operator's log lines for a stalled model and a failed batch."""
+    caplog.set_level(logging.WARNING, logger="safegen.moderation.batcher")
     model = FakeModel()
     model.gate = threading.Event()
     batcher = Batcher(model, executor, max_batch_size=1, max_wait_s=0, max_queue=2,
@@ -271,6 +274,11 @@ async def test_refusals_and_failures_say_why(executor):
     with pytest.raises(InferenceFailed) as failed:
         await batcher.submit(5)
     assert failed.value.message == "the model failed on this batch"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "the model has not answered for 0.2 s; failing requests"),
+        ("ERROR", "batch of 1 failed"),
+    ]
+    assert caplog.records[1].exc_info is not None  # the traceback goes to the log, not a client
     model.gate.clear()
     model.entered.clear()
     (cut_off,) = batcher.submit_many([6])

@@ -194,7 +194,7 @@ class Batcher(Generic[In, Out]):
             return await asyncio.wait_for(asyncio.shield(running), self.stall_timeout_s)
         except asyncio.TimeoutError:
             pass
-        logger.error("the model has not answered for %.0fs; failing requests", self.stall_timeout_s)
+        logger.error("the model has not answered for %g s; failing requests", self.stall_timeout_s)
         self.stalled = True
         stalled = InferenceFailed(
             f"the model did not answer within {self.stall_timeout_s:g} s "
