@@ -9,6 +9,7 @@ import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpcore
 import httpx
@@ -175,3 +176,47 @@ async def test_proxies_and_netrc_from_the_environment_are_not_used(
             response = await get(client, f"http://images.example:{port}/a.png")
     assert (response.status_code, len(direct), proxied) == (200, 1, [])
     assert b"authorization" not in direct[0].lower()
+
+
+@contextlib.asynccontextmanager
+async def keep_alive_server() -> AsyncIterator[tuple[int, list[int]]]:
+    """An HTTP/1.1 server that keeps connections open; yields its port and one entry per
+    connection it accepted."""
+    connections: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1], connections
+
+
+async def test_an_idle_connection_is_reused_for_5_s_then_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reuse spares a storage host a TCP and TLS handshake per upload; dropping idle connections
+    # after 5 s (httpcore's clock, injected) keeps the pool from holding sockets the host has
+    # long since closed.
+    now = [1000.0]
+    monkeypatch.setattr(httpcore._async.http11, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    async with keep_alive_server() as (port, connections), PinnedClient(
+        LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0)
+    ) as client:
+        url = f"http://images.example:{port}/a.png"
+        await get(client, url)
+        now[0] += 4.9
+        await get(client, url)
+        assert len(connections) == 1
+        now[0] += 5.1
+        await get(client, url)
+        assert len(connections) == 2
