@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import platform
 import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -266,6 +267,16 @@ def test_a_change_of_host_facts_measures_again(tiny_loaded, cache_dir, timings):
     assert len(list((cache_dir / "safegen-choices").glob("choice-*.json"))) == 2
 
 
+def test_a_cached_choice_records_the_facts_it_is_valid_for(tiny_loaded, cache_dir, timings):
+    import torch
+
+    path_choice.choose(tiny_loaded, request(cache_dir))
+    (entry,) = (cache_dir / "safegen-choices").glob("choice-*.json")
+    facts = json.loads(entry.read_text())["facts"]
+    assert facts["python"] == platform.python_version()
+    assert (facts["device"], facts["threads"]) == ("cpu", torch.get_num_threads())
+
+
 def test_unreadable_cached_choice_is_measured_again(tiny_loaded, cache_dir, timings, caplog):
     path_choice.choose(tiny_loaded, request(cache_dir))
     (entry,) = (cache_dir / "safegen-choices").glob("choice-*.json")
@@ -283,8 +294,7 @@ def test_a_path_named_by_the_settings_is_not_measured(tiny_loaded, cache_dir, ti
         request(cache_dir, backend="torch", precision="fp32", tune_batch_size=False),
     )
     assert (backend.name, backend.precision) == ("torch", "fp32")
-    assert choice.source == "settings"
-    assert choice.batch_size == 8
+    assert (choice.source, choice.path, choice.batch_size) == ("settings", "torch-fp32", 8)
     assert timings["calls"] == []
     assert not (cache_dir / "safegen-choices").exists()
 
