@@ -215,6 +215,16 @@ def count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+@pytest.mark.parametrize(("threads", "expected"), [(1, 1), (0, os.cpu_count())])
+def test_openvino_runs_one_stream_on_the_threads_asked_for_or_every_core(
+    tiny_loaded, tmp_path, threads, expected
+):
+    backend = openvino_backend.OpenVinoBackend(tiny_loaded, "fp32", tmp_path, threads=threads)
+    compiled = backend._request.get_compiled_model()
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == expected
+    assert compiled.get_property("NUM_STREAMS") == 1
+
+
 def test_openvino_ir_is_cached_and_shared_by_fp32_and_bf16(
     tiny_loaded, batch, tmp_path, count_conversions
 ):
