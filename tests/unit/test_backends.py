@@ -4,6 +4,7 @@ OpenVINO IR), and the registry's list of paths ``auto`` may measure."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -162,6 +163,20 @@ def test_cache_key_changes_with_precision_and_weights(tiny_loaded, tmp_path, cou
     with torch.no_grad():
         changed.model.classifier.bias[0] += 0.5  # type: ignore[attr-defined]
     assert onnx_backend.cache_key(changed, "fp32") != onnx_backend.cache_key(tiny_loaded, "fp32")
+
+
+def test_a_models_cache_identity_is_its_source_weights_and_preprocessing(
+    tiny_loaded, tiny_vit_dir
+):
+    facts = artifact_cache.model_facts(tiny_loaded)
+    assert facts["source"] == str(tiny_vit_dir)
+    assert facts["preprocessing"] == repr(tiny_loaded.preprocessing)
+    # A model built in memory has no path in its config: the name it was loaded as stands in.
+    unnamed = dataclasses.replace(tiny_loaded, name="in-memory",
+                                  model=copy.deepcopy(tiny_loaded.model))
+    unnamed.model.config._name_or_path = ""
+    assert artifact_cache.model_facts(unnamed)["source"] == "in-memory"
+    assert artifact_cache.model_facts(unnamed)["weights"] == facts["weights"]
 
 
 def test_discarding_an_entry_removes_its_files_and_its_record(tmp_path):
