@@ -60,7 +60,7 @@ def main() -> int:
         by_module[module][status] += 1
         if status in {"survived", "no tests"}:
             survivors[module].append(name)
-    print(f"{'module':40} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8}"
+    print(f"{'module':46} {'mutants':>7} {'killed':>6} {'survived':>8} {'no tests':>8}"
           f" {'not run':>7} {'score':>6} {'95% interval':>13}")
     below = 0
     for module in sorted(by_module):
@@ -69,13 +69,13 @@ def main() -> int:
         killed = sum(counts[s] for s in KILLED)
         not_run = sum(counts.values()) - total
         if not total:
-            print(f"{module:40} {total:7} {'':6} {'':8} {'':8} {not_run:7}      -")
+            print(f"{module:46} {total:7} {'':6} {'':8} {'':8} {not_run:7}      -")
             continue
         score = killed / total
         below += score < GOAL
         low, high = wilson_interval(killed, total)
         interval = f"{low:.1%}-{high:.1%}" if not_run else ""
-        print(f"{module:40} {total:7} {killed:6} {counts['survived']:8} {counts['no tests']:8} "
+        print(f"{module:46} {total:7} {killed:6} {counts['survived']:8} {counts['no tests']:8} "
               f"{not_run:7} {score:6.1%} {interval:>13}{'' if score >= GOAL else '  < 90%'}")
         if args.survivors:
             for name in survivors[module]:
