@@ -170,6 +170,9 @@ def test_a_models_cache_identity_is_its_source_weights_and_preprocessing(
 ):
     facts = artifact_cache.model_facts(tiny_loaded)
     assert facts["source"] == str(tiny_vit_dir)
+    # The path the weights came from names the model, whatever name it was asked for by.
+    alias = dataclasses.replace(tiny_loaded, name="alias")
+    assert artifact_cache.model_facts(alias)["source"] == str(tiny_vit_dir)
     assert facts["preprocessing"] == repr(tiny_loaded.preprocessing)
     # A model built in memory has no path in its config: the name it was loaded as stands in.
     unnamed = dataclasses.replace(tiny_loaded, name="in-memory",
@@ -375,6 +378,10 @@ def test_default_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert onnx_backend.default_cache_root(None) == tmp_path / "safegen" / "onnx"
     assert onnx_backend.default_cache_root(tmp_path / "hf") == tmp_path / "hf" / "safegen-onnx"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the XDG default: ~/.cache
+    home_cache = tmp_path / "home" / ".cache"
+    assert onnx_backend.default_cache_root(None) == home_cache / "safegen" / "onnx"
 
 
 @pytest.mark.parametrize(
