@@ -7,6 +7,7 @@ import base64
 import hashlib
 import ipaddress
 import logging
+import re
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -251,6 +252,17 @@ async def test_logs_never_show_the_signature(
     assert "REDACTED" in caplog.text
     assert "SeCrEt" not in caplog.text
     assert "AKIDSECRETID" not in caplog.text
+    # The uploader's own debug lines: each retry, then the outcome with what it took.
+    lines = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"upload retry in 1\.0s url=http://\S+REDACTED\S*", lines[0]), lines
+    assert re.fullmatch(r"upload failed: status=403 attempts=2 elapsed=\d+\.\d\ds "
+                        r"url=http://\S+REDACTED\S* reason=storage refused the upload \(HTTP "
+                        r"403\): the URL's signature was not accepted", lines[-1]), lines
+    caplog.clear()
+    fault_server.script(Step(200))
+    async with uploader(FakeTime()) as up:
+        await up.put(url_for(fault_server), BODY)
+    assert re.match(r"upload ok: status=200 attempts=1 elapsed=", caplog.records[-1].getMessage())
 
 
 async def test_post_form_field_order(fault_server: FaultServer) -> None:
