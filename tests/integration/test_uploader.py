@@ -532,6 +532,27 @@ async def test_retries_stop_at_the_upload_deadline(fault_server: FaultServer) ->
     assert "SAFEGEN_UPLOAD_DEADLINE_S" in result.reason
 
 
+async def test_a_backoff_sleep_that_overruns_the_deadline_ends_the_upload(
+    fault_server: FaultServer,
+) -> None:
+    # On a busy host a sleep can end later than asked: the next attempt is not started past the
+    # deadline, and the reason says which limit ended the upload.
+    fake, asked = FakeTime(), []
+
+    async def overrunning_sleep(delay: float) -> None:
+        asked.append(delay)
+        await fake.sleep(delay + 5.0)
+
+    fault_server.script(Step(500))
+    async with make_uploader(fake, monotonic=fake.clock, deadline_s=2.5, backoff_s=(1.0, 2.0),
+                             sleep=overrunning_sleep) as up:
+        result = await up.put(url_for(fault_server), BODY)
+    assert (asked, len(result.attempts)) == ([1.0], 1)
+    assert result.reason.endswith(
+        "; no time left for another attempt within the upload deadline of 2.5 s "
+        "(SAFEGEN_UPLOAD_DEADLINE_S)")
+
+
 async def test_a_stalled_host_holds_only_its_own_slots(fault_server: FaultServer) -> None:
     healthy = FaultServer(host_name="healthy.test")
 

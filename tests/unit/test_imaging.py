@@ -16,23 +16,34 @@ from tests.support import images
 LIMITS = ImageLimits.from_settings(Settings(max_image_bytes=5_000_000, max_image_pixels=4_000_000))
 
 
+ALLOWED = "allowed: JPEG, PNG, WEBP, GIF"
+PIXEL_LIMIT = "the limit is 4000000 (SAFEGEN_MAX_IMAGE_PIXELS)"
+# A PNG whose header chunk ends early: Pillow raises ValueError, not "cannot identify".
+TRUNCATED_PNG_HEADER = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR\x00\x00"
+
+
 @pytest.mark.parametrize(
-    ("data", "error", "words"),
+    ("data", "error", "message"),
     [
-        (b"", ImageError, "empty"),
-        (b"hello, not an image", ImageError, "not a recognised image"),
-        (images.polyglot(), ImageError, "not a recognised image"),
-        (images.png_with_declared_size(100_000, 100_000), TooLarge, "SAFEGEN_MAX_IMAGE_PIXELS"),
-        (images.decompression_bomb_png(4000), TooLarge, "16000000 pixels"),
-        (images.encode(images.photo_like(0, (32, 32)), "BMP"), UnsupportedFormat, "BMP"),
-        (images.encode(images.photo_like(0, (32, 32)), "TIFF"), UnsupportedFormat, "allowed"),
+        (b"", ImageError, "the file is empty"),
+        (b"hello, not an image", ImageError, "not a recognised image file"),
+        (images.polyglot(), ImageError, "not a recognised image file"),
+        (TRUNCATED_PNG_HEADER, ImageError, "the image header is corrupt"),
+        (images.png_with_declared_size(100_000, 100_000), TooLarge,
+         f"image is 100000x100000 = 10000000000 pixels; {PIXEL_LIMIT}"),
+        (images.decompression_bomb_png(4000), TooLarge,
+         f"image is 4000x4000 = 16000000 pixels; {PIXEL_LIMIT}"),
+        (images.encode(images.photo_like(0, (32, 32)), "BMP"), UnsupportedFormat,
+         f"format BMP is not accepted; {ALLOWED}"),
+        (images.encode(images.photo_like(0, (32, 32)), "TIFF"), UnsupportedFormat,
+         f"format TIFF is not accepted; {ALLOWED}"),
     ],
-    ids=["empty", "text", "polyglot", "huge-header", "bomb", "bmp", "tiff"],
+    ids=["empty", "text", "polyglot", "corrupt-header", "huge-header", "bomb", "bmp", "tiff"],
 )
-def test_rejections_name_the_problem(data, error, words):
+def test_rejections_name_the_problem(data, error, message):
     with pytest.raises(error) as raised:
         decode_for_model(data, LIMITS, (224, 224), fast=True)
-    assert words in raised.value.message
+    assert raised.value.message == message
 
 
 def test_truncated_jpeg_is_an_image_error():
