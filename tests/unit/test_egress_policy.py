@@ -320,8 +320,9 @@ def test_a_wildcard_pattern_is_read_like_a_host_name() -> None:
 
 async def test_the_resolver_is_asked_for_the_host_and_port_and_never_for_a_literal() -> None:
     resolver = fixed("8.8.8.8")
-    await resolve_target("https://Store.Example.:8443/k", OPEN, resolver)
+    target = await resolve_target("https://Store.Example.:8443/k", OPEN, resolver)
     assert resolver.asked == [("store.example", 8443)]
+    assert (target.scheme, target.host, target.port) == ("https", "store.example", 8443)
     literal = await resolve_target("https://8.8.4.4/k", OPEN, resolver)
     assert str(literal.address) == "8.8.4.4"
     assert resolver.asked == [("store.example", 8443)]
