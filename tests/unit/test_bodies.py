@@ -1,12 +1,15 @@
-"""Reading a request body within its limit, declared or streamed (``safegen.api.bodies``)."""
+"""Request bodies (``safegen.api.bodies``): read within their limit, declared or streamed, and
+parsed as JSON with errors that point into the body and never echo it."""
 
 from __future__ import annotations
 
 import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, create_model
 from starlette.requests import Request
 
-from safegen.api.bodies import read_body
-from safegen.errors import TooLarge
+from safegen.api.bodies import parse_json, read_body
+from safegen.errors import InvalidInput, TooLarge
 
 
 def request_with(chunks: list[bytes], content_length: int | None = None) -> Request:
@@ -45,3 +48,31 @@ async def test_a_declared_length_over_the_limit_is_refused_unread() -> None:
     with pytest.raises(TooLarge, match=r"^request body is larger than 10 bytes \(S\)$"):
         await read_body(request, 10, "S")
     assert len(request.state.unread) == 1
+
+
+class Sized(BaseModel):
+    count: int = Field(ge=1)
+
+
+async def test_a_body_that_is_not_json_is_refused_saying_so() -> None:
+    with pytest.raises(InvalidInput) as refused:
+        await parse_json(b'{"count": ', Sized)
+    assert (refused.value.message, refused.value.field) == ("the body is not valid JSON", "body")
+
+
+async def test_validation_errors_point_into_the_body_and_never_echo_it() -> None:
+    with pytest.raises(RequestValidationError) as refused:
+        await parse_json(b'{"count": 0}', Sized)
+    # Located under "body" like FastAPI's own errors; no input, context or documentation URL.
+    assert refused.value.errors() == [{
+        "type": "greater_than_equal", "loc": ("body", "count"),
+        "msg": "Input should be greater than or equal to 1",
+    }]
+
+
+async def test_at_most_20_validation_errors_are_reported() -> None:
+    many = create_model("Many", **{f"f{i}": (int, ...) for i in range(30)})
+    with pytest.raises(RequestValidationError) as refused:
+        await parse_json(b"{}", many)
+    assert [error["loc"] for error in refused.value.errors()] == [
+        ("body", f"f{i}") for i in range(20)]
