@@ -4,6 +4,7 @@ uvicorn processes, and Redis killed mid-run under both failure policies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -284,6 +285,46 @@ async def test_redis_killed_mid_run(
         assert recovered.remaining == 90
     finally:
         await limiter.close()
+
+
+@contextlib.asynccontextmanager
+async def slow_proxy(port: int, delay_s: float) -> AsyncIterator[int]:
+    """A TCP proxy to ``127.0.0.1:port`` that holds every answer ``delay_s``; yields its port."""
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(hold)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(reader, upstream_writer, 0.0),
+                             pipe(upstream_reader, writer, delay_s))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_a_slow_storage_answering_within_its_timeout_is_not_cut_off(
+    redis_server: RedisServer,
+) -> None:
+    # Each answer takes a tenth of the socket timeout: slow but healthy. A first decision takes
+    # about nine round trips (connection set-up, scripts), so the limiter's own deadline must
+    # allow several socket timeouts' worth of them, not a fraction of one.
+    async with slow_proxy(redis_server.port, 0.1) as port:
+        limiter = RateLimiter("5/minute", storage_uri=f"redis://127.0.0.1:{port}/0",
+                              fail_open=False, storage_timeout_s=1.0)
+        try:
+            decision = await limiter.hit("/v1/classify", "key-slow")
+        finally:
+            await limiter.close()
+    assert (decision.allowed, decision.reason, decision.remaining) == (True, "ok", 4)
 
 
 async def test_unresponsive_redis_is_bounded_by_the_timeout() -> None:

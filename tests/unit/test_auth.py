@@ -264,6 +264,12 @@ def test_resolve_auth_with_keys_and_no_auth(tmp_path: Path) -> None:
     keys_file.write_text(PLAIN_KEY + "\n")
     with pytest.raises(ValueError, match="no_auth"):
         resolve_auth([], keys_file, no_auth=True)
+    # Keys in the settings and in a file both count.
+    file_auth, generated = resolve_auth(["other-key-1234567890"], keys_file, no_auth=False)
+    assert generated is None
+    assert file_auth is not None
+    assert file_auth.authenticate({"x-api-key": PLAIN_KEY})
+    assert file_auth.authenticate({"x-api-key": "other-key-1234567890"})
 
 
 class Terminal(io.StringIO):

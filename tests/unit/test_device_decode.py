@@ -160,9 +160,11 @@ async def test_an_undecodable_jpeg_fails_alone(torchvision_decoder, tiny_vit_dir
 async def test_needs_the_torch_backend(torchvision_decoder, tiny_vit_dir, tmp_path):
     config = engine_config(tiny_vit_dir, device_decode=True, backend="onnx")
     config = EngineConfig(**{**config.__dict__, "cache_dir": tmp_path})
-    with pytest.raises(ModelUnavailable, match="needs the torch backend"):
+    with pytest.raises(ModelUnavailable) as refused:
         async with ClassifierEngine(config):
             pass
+    assert refused.value.message == (
+        "SAFEGEN_DEVICE_DECODE=true needs the torch backend (SAFEGEN_BACKEND=torch)")
 
 
 async def test_auto_chooses_among_torch_paths_only(torchvision_decoder, tiny_vit_dir, tmp_path):
