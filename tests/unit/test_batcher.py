@@ -281,13 +281,14 @@ async def test_refusals_and_failures_say_why(executor, caplog):
     assert caplog.records[1].exc_info is not None  # the traceback goes to the log, not a client
     model.gate.clear()
     model.entered.clear()
-    (cut_off,) = batcher.submit_many([6])
+    cut_off, still_queued = batcher.submit_many([6, 7])
     await in_forward_pass(model)
-    await batcher.stop()  # no grace: the pass in flight is given up
+    await batcher.stop()  # no grace: the pass in flight is given up, the queue is failed
     model.gate.set()
-    with pytest.raises(NotReady) as shutting_down:
-        await cut_off
-    assert shutting_down.value.message == "the service is shutting down"
+    for future in (cut_off, still_queued):
+        with pytest.raises(NotReady) as shutting_down:
+            await future
+        assert shutting_down.value.message == "the service is shutting down"
     with pytest.raises(NotReady) as after_stop:
         batcher.submit_many([7])
     assert after_stop.value.message == "the classifier is not running"
