@@ -251,6 +251,7 @@ def test_openvino_ir_is_cached_and_shared_by_fp32_and_bf16(
     assert count_conversions == ["float"]  # one IR; the precision is a compile-time hint
     assert fp32.path == bf16.path
     assert fp32.path.parent == tmp_path / "safegen-openvino"
+    assert fp32.path.name.startswith("classifier-float-")  # the name docs/performance.md gives
     assert fp32.path.with_suffix(".bin").exists()
     import openvino as ov
 
