@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -195,6 +196,30 @@ def test_discarding_an_entry_removes_its_files_and_its_record(tmp_path):
     entry.with_suffix(".bin").write_text("x")
     artifact_cache.discard(entry, (".xml", ".bin"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-def.xml"]
+
+
+def test_a_cache_entry_is_built_once_and_a_corrupt_one_again_saying_so(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=artifact_cache.logger.name)
+    builds = []
+
+    def build(target: Path) -> None:
+        builds.append(target.name)
+        target.write_text("graph")
+
+    def cached() -> Path:
+        return artifact_cache.cached_build(tmp_path, "thing-abc", (".txt",), build,
+                                           what="test artifact", meta={"key": "abc"})
+
+    entry = cached()
+    assert (entry, cached(), builds) == (tmp_path / "thing-abc.txt", entry, ["model.txt"])
+    entry.write_text("tampered")  # no longer the bytes its record's digest names
+    assert cached().read_text() == "graph"
+    assert len(builds) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "building the test artifact, once per model and version",
+        "cached test artifact thing-abc.txt is corrupt; building it again",
+        "building the test artifact, once per model and version",
+    ]
 
 
 def test_corrupted_cache_file_is_rebuilt(tiny_loaded, batch, tmp_path, count_exports):

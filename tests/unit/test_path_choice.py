@@ -267,6 +267,15 @@ def test_a_change_of_host_facts_measures_again(tiny_loaded, cache_dir, timings):
     assert len(list((cache_dir / "safegen-choices").glob("choice-*.json"))) == 2
 
 
+def test_cpu_facts_are_read_from_the_first_processor_whatever_its_bytes(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_bytes(b"processor\t: 0\nmodel name\t: Vendor\xe2\x84\xa2 CPU\n"
+                        b"flags\t\t: avx2 fma\n\nprocessor\t: 1\nmodel name\t: Other\n")
+    facts = path_choice._cpuinfo(cpuinfo)
+    assert (facts["model name"], facts["flags"]) == ("Vendor CPU", "avx2 fma")
+    assert path_choice._cpuinfo(tmp_path / "absent") == {}
+
+
 def test_a_cached_choice_records_the_facts_it_is_valid_for(tiny_loaded, cache_dir, timings):
     import torch
 
