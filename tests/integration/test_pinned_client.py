@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,18 +32,37 @@ def resolving_to(address: IPAddress):  # type: ignore[no-untyped-def]
     return resolve
 
 
+@dataclass
+class Served:
+    """What :func:`http_server` saw: its port, each request's head, one entry per connection."""
+
+    port: int
+    heads: list[bytes] = field(default_factory=list)
+    connections: list[int] = field(default_factory=list)
+
+
 @contextlib.asynccontextmanager
-async def http_server(host: str) -> AsyncIterator[int]:
-    """An HTTP server on ``host`` answering every request with 200 ``ok``; yields its port."""
+async def http_server(host: str) -> AsyncIterator[Served]:
+    """An HTTP/1.1 server on ``host`` answering every request with 200 ``ok`` and keeping the
+    connection open; records what it saw."""
+    served = Served(0)
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        await writer.drain()
-        writer.close()
+        served.connections.append(1)
+        try:
+            while True:
+                served.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(answer, host, 0)
+    served.port = server.sockets[0].getsockname()[1]
     async with server:
-        yield server.sockets[0].getsockname()[1]
+        yield served
 
 
 async def get(client: PinnedClient, url: str) -> httpx.Response:
@@ -58,15 +78,15 @@ async def test_a_host_name_in_any_spelling_reaches_its_checked_address(spelling:
     # Upper case and the root's trailing dot name the same host: the connection must find the
     # address pinned for it, not be refused as unchecked.
     client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
-    async with http_server("127.0.0.1") as port, client:
-        response = await get(client, f"http://{spelling}:{port}/image.png")
+    async with http_server("127.0.0.1") as served, client:
+        response = await get(client, f"http://{spelling}:{served.port}/image.png")
     assert (response.status_code, response.text) == (200, "ok")
 
 
 async def test_an_ipv6_literal_reaches_its_address() -> None:
     client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
-    async with http_server("::1") as port, client:
-        response = await get(client, f"http://[::1]:{port}/image.png")
+    async with http_server("::1") as served, client:
+        response = await get(client, f"http://[::1]:{served.port}/image.png")
     assert (response.status_code, response.text) == (200, "ok")
 
 
@@ -126,33 +146,17 @@ def test_a_pin_is_held_while_any_request_to_its_address_is_in_flight() -> None:
     assert pins.address_for("images.example", 443) is None
 
 
-@contextlib.asynccontextmanager
-async def echo_server(host: str) -> AsyncIterator[tuple[int, list[bytes]]]:
-    """An HTTP server that records each request's head and answers 200 ``ok``."""
-    heads: list[bytes] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, host, 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1], heads
-
-
 async def test_the_host_header_is_the_urls_own_and_other_headers_pass() -> None:
     client = PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0))
-    async with echo_server("127.0.0.1") as (port, heads), client:
-        target = await client.resolve(f"http://images.example:{port}/a.png")
+    async with http_server("127.0.0.1") as served, client:
+        target = await client.resolve(f"http://images.example:{served.port}/a.png")
         request = client.build_request(
             target, "GET", headers={"HOST": "internal.example", "X-Trace": "1"}
         )
         response = await client.send(target, request)
         await response.aclose()
-    head = heads[0].decode().lower()
-    assert f"\r\nhost: images.example:{port}\r\n" in head
+    head = served.heads[0].decode().lower()
+    assert f"\r\nhost: images.example:{served.port}\r\n" in head
     assert "internal.example" not in head
     assert "\r\nx-trace: 1\r\n" in head
 
@@ -166,39 +170,15 @@ async def test_proxies_and_netrc_from_the_environment_are_not_used(
     netrc.write_text("machine images.example login service password secret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    async with echo_server("127.0.0.1") as (proxy_port, proxied), \
-            echo_server("127.0.0.1") as (port, direct):
+    async with http_server("127.0.0.1") as proxy, http_server("127.0.0.1") as direct:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy_port}")
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
         monkeypatch.delenv("NO_PROXY", raising=False)
         async with PinnedClient(LOOPBACK_OK, resolving_to(LOOPBACK_V4),
                                 timeout=httpx.Timeout(5.0)) as client:
-            response = await get(client, f"http://images.example:{port}/a.png")
-    assert (response.status_code, len(direct), proxied) == (200, 1, [])
-    assert b"authorization" not in direct[0].lower()
-
-
-@contextlib.asynccontextmanager
-async def keep_alive_server() -> AsyncIterator[tuple[int, list[int]]]:
-    """An HTTP/1.1 server that keeps connections open; yields its port and one entry per
-    connection it accepted."""
-    connections: list[int] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1], connections
+            response = await get(client, f"http://images.example:{direct.port}/a.png")
+    assert (response.status_code, len(direct.heads), proxy.heads) == (200, 1, [])
+    assert b"authorization" not in direct.heads[0].lower()
 
 
 async def test_an_idle_connection_is_reused_for_5_s_then_dropped(
@@ -209,14 +189,14 @@ async def test_an_idle_connection_is_reused_for_5_s_then_dropped(
     # long since closed.
     now = [1000.0]
     monkeypatch.setattr(httpcore._async.http11, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    async with keep_alive_server() as (port, connections), PinnedClient(
+    async with http_server("127.0.0.1") as served, PinnedClient(
         LOOPBACK_OK, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0)
     ) as client:
-        url = f"http://images.example:{port}/a.png"
+        url = f"http://images.example:{served.port}/a.png"
         await get(client, url)
         now[0] += 4.9
         await get(client, url)
-        assert len(connections) == 1
+        assert len(served.connections) == 1
         now[0] += 5.1
         await get(client, url)
-        assert len(connections) == 2
+        assert len(served.connections) == 2
