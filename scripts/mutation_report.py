@@ -37,6 +37,12 @@ def results(mutmut: str) -> dict[str, str]:
     return statuses
 
 
+def module_of(name: str) -> str:
+    """The module a mutant belongs to, from its name."""
+    match = MODULE.match(name)
+    return match["module"] if match else name
+
+
 def wilson_interval(killed: int, total: int, z: float = 1.96) -> tuple[float, float]:
     """The interval that holds a proportion with 95% confidence, from ``killed`` of ``total``
     drawn at random (Wilson's score interval: sound at small samples and at 0% or 100%)."""
@@ -55,8 +61,7 @@ def main() -> int:
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, status in results(args.mutmut).items():
-        match = MODULE.match(name)
-        module = match["module"] if match else name
+        module = module_of(name)
         by_module[module][status] += 1
         if status in {"survived", "no tests"}:
             survivors[module].append(name)

@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from mutation_report import MODULE, results
+from mutation_report import module_of, results
 
 
 def main() -> int:
@@ -25,8 +25,7 @@ def main() -> int:
     args = parser.parse_args()
     by_module: dict[str, list[str]] = defaultdict(list)
     for name in results(args.mutmut):
-        match = MODULE.match(name)
-        by_module[match["module"] if match else name].append(name)
+        by_module[module_of(name)].append(name)
     if not by_module:
         print("no mutants yet: run mutmut once first", file=sys.stderr)
         return 1

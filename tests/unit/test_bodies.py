@@ -13,7 +13,7 @@ from safegen.errors import InvalidInput, TooLarge
 
 
 def request_with(chunks: list[bytes], content_length: int | None = None) -> Request:
-    """A request whose body arrives in ``chunks``; counts what the app received."""
+    """A request whose body arrives in ``chunks``; ``state.unread`` holds those not yet read."""
     messages = [{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
                 for i, chunk in enumerate(chunks)]
     headers = [] if content_length is None else [(b"content-length", str(content_length).encode())]
