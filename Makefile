@@ -53,10 +53,12 @@ mutation: install
 # first run, so a fresh checkout first runs the first mutant of each imaging function.
 MUTANTS_PER_MODULE ?= 20
 MUTATION_SEED ?= 1
+# MUTATION_SKIP=N leaves out the first N of each module's draw (scored by an earlier run).
+MUTATION_SKIP ?= 0
 mutation-sample: install
 	test -d mutants || $(VENV)/bin/mutmut run "safegen.imaging.x_*__mutmut_1"
 	$(VENV)/bin/mutmut run $$($(PY) scripts/mutation_sample.py \
-		--per-module $(MUTANTS_PER_MODULE) --seed $(MUTATION_SEED))
+		--per-module $(MUTANTS_PER_MODULE) --seed $(MUTATION_SEED) --skip $(MUTATION_SKIP))
 	$(PY) scripts/mutation_report.py
 
 lint: install

@@ -21,6 +21,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-module", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first SKIP of each module's draw: those an earlier "
+                             "run with the same seed scored (on another machine, say)")
     parser.add_argument("--mutmut", default=str(Path(sys.executable).with_name("mutmut")))
     args = parser.parse_args()
     by_module: dict[str, list[str]] = defaultdict(list)
@@ -35,7 +38,7 @@ def main() -> int:
         # with the same seed holds the smaller one (a later run continues an earlier one).
         names = sorted(by_module[module])
         random.Random(f"{args.seed}:{module}").shuffle(names)
-        print("\n".join(names[: args.per_module]))
+        print("\n".join(names[args.skip : args.per_module]))
     return 0
 
 

@@ -31,9 +31,9 @@ def test_the_sample_is_seeded_per_module_and_a_larger_one_holds_a_smaller(tmp_pa
     names += [f"safegen.small.xǁCǁm__mutmut_{i}" for i in range(1, 6)]
     mutmut = listing(tmp_path, dict.fromkeys(names, "not checked"))
 
-    def draw(per_module: int, seed: int, mutmut: Path = mutmut) -> list[str]:
+    def draw(per_module: int, seed: int, mutmut: Path = mutmut, *more: str) -> list[str]:
         out = run("mutation_sample.py", mutmut, "--per-module", str(per_module),
-                  "--seed", str(seed))
+                  "--seed", str(seed), *more)
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
@@ -42,7 +42,11 @@ def test_the_sample_is_seeded_per_module_and_a_larger_one_holds_a_smaller(tmp_pa
     assert sum(name.startswith("safegen.big.") for name in ten) == 10
     assert {name for name in ten if name.startswith("safegen.small.")} == set(names[30:])
     assert draw(10, 1) == ten
-    assert set(ten) < set(draw(20, 1))
+    twenty = draw(20, 1)
+    assert set(ten) < set(twenty)
+    # --skip leaves out what the smaller draw scored: the two together are the larger draw.
+    rest = draw(20, 1, mutmut, "--skip", "10")
+    assert len(rest) == 10 and sorted(ten + rest) == sorted(twenty)
     assert draw(10, 2) != ten
     # Neither the order of the listing nor another module's mutants change a module's draw.
     (tmp_path / "other").mkdir()
