@@ -213,6 +213,7 @@ async def test_booleans_as_json_or_strings_and_disabled_check(make_generate_clie
         ({"s3_prefix": "http://10.0.0.8/b/1.png"}, None),
         ({"s3_prefix": "http://127.0.0.1:9/b/1.png?Expires=1000"}, None),
         ({"upload_headers": {"Host": "evil"}}, "upload_headers"),
+        ({"upload_mode": "post", "s3_post_fields": {"policy": "p"}}, "s3_post_fields"),  # no key
         ({"surprise": 1}, "surprise"),
     ],
 )

@@ -198,6 +198,32 @@ async def test_content_md5_only_on_sigv4_urls(make_generate_client, fault_server
             assert "content-md5" not in sent.headers, (mode, query)
 
 
+async def test_a_content_md5_the_request_sends_is_not_replaced(
+    make_generate_client, fault_server: FaultServer
+):
+    client_md5 = _md5_b64(b"the client's own value")  # header names are case-insensitive
+    async with make_generate_client() as client:
+        response = await client.post("/generate", json={
+            "prompt": "x", "s3_prefix": f"{fault_server.url}/bucket/000/1.png?{_sigv4_query()}",
+            "upload_headers": {"content-md5": client_md5}, **SMALL})
+    assert response.status_code == 200, response.text
+    assert fault_server.requests[0].headers["content-md5"] == client_md5
+
+
+async def test_upload_outcomes_are_logged_succeeded_at_info_failed_at_warning(
+    make_generate_client, fault_server: FaultServer, caplog
+):
+    caplog.set_level(logging.INFO)
+    fault_server.script(Step(200), Step(403))  # a 403 is final: no retry
+    url = f"{fault_server.url}/bucket/000/1.png?{_sigv2_query()}"
+    async with make_generate_client() as client:
+        for _ in range(2):
+            await client.post("/generate", json={"prompt": "x", "s3_prefix": url, **SMALL})
+    levels = {r.getMessage().split(":")[0]: r.levelname for r in caplog.records
+              if r.getMessage().startswith("upload ")}
+    assert levels == {"upload succeeded": "INFO", "upload failed": "WARNING"}
+
+
 async def test_default_upload_headers_go_with_every_attempt(
     make_generate_client, fault_server: FaultServer
 ):

@@ -19,7 +19,9 @@ from fastapi import FastAPI, Response
 
 from safegen.api.errors import install_error_handlers
 from safegen.api.ratelimit import RateLimitDecision, RateLimiter, headers
+from safegen.metrics import Metrics
 from safegen.setting_values import parse_limit, parse_route_limits
+from safegen.settings import Settings
 from tests.support.redis_server import RedisServer
 from tests.support.uvicorn_process import uvicorn_process
 
@@ -98,7 +100,7 @@ async def test_cost_above_the_whole_limit_is_refused_clearly(
     # Retrying cannot help, so no Retry-After; and nothing was taken.
     assert headers(decision) == {"X-RateLimit-Limit": "10"}
     assert (await memory_limiter.hit("/generate", "key-c", cost=10)).allowed
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="^cost must be at least 1$"):
         await memory_limiter.hit("/generate", "key-c", cost=0)
 
 
@@ -320,6 +322,22 @@ async def test_a_slow_storage_answering_within_its_timeout_is_not_cut_off(
     async with slow_proxy(redis_server.port, 0.1) as port:
         limiter = RateLimiter("5/minute", storage_uri=f"redis://127.0.0.1:{port}/0",
                               fail_open=False, storage_timeout_s=1.0)
+        try:
+            decision = await limiter.hit("/v1/classify", "key-slow")
+        finally:
+            await limiter.close()
+    assert (decision.allowed, decision.reason, decision.remaining) == (True, "ok", 4)
+
+
+async def test_the_storage_timeout_setting_reaches_the_limiter(redis_server: RedisServer) -> None:
+    # Answers held 0.6 s: healthy under SAFEGEN_RATE_LIMIT_STORAGE_TIMEOUT_S=4, a failure under
+    # the 0.5 s default, so a limiter built without the setting refuses (fails closed).
+    async with slow_proxy(redis_server.port, 0.6) as port:
+        settings = Settings(rate_limit="5/minute", rate_limit_fail_open=False,
+                            rate_limit_storage=f"redis://127.0.0.1:{port}/0",
+                            rate_limit_storage_timeout_s=4)
+        limiter = RateLimiter.from_settings(settings, Metrics())
+        assert limiter is not None
         try:
             decision = await limiter.hit("/v1/classify", "key-slow")
         finally:

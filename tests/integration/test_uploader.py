@@ -226,6 +226,7 @@ async def test_etag_mismatch_is_a_failure(fault_server: FaultServer) -> None:
     async with uploader(FakeTime()) as up:
         result = await up.put(url_for(fault_server), BODY)
         assert (result.ok, result.status, len(result.attempts)) == (False, 200, 1)
+        assert result.attempts[0].error_kind == "etag_mismatch"
         assert "not the MD5" in result.reason
         # Multipart-style and missing ETags cannot be compared and are accepted.
         for headers in ({"ETag": '"abc-2"'}, {"ETag": ""}):

@@ -10,6 +10,7 @@ from safegen.egress import EgressPolicy as UploadTargetPolicy
 from safegen.egress import IPAddress, address_class, admit_url, resolve_target
 from safegen.errors import HostUnresolvable
 from safegen.errors import TargetRejected as UploadTargetRejected
+from safegen.settings import Settings
 from tests.support.uploads import resolve_locally as SYSTEM
 
 OPEN = UploadTargetPolicy()
@@ -117,6 +118,19 @@ async def test_policy_flags_admit_only_their_class() -> None:
     for url in ("https://169.254.169.254/", "https://224.0.0.1/", "https://0.0.0.0/"):
         with pytest.raises(UploadTargetRejected, match="not allowed"):
             await resolve_target(url, everything, SYSTEM)
+
+
+@pytest.mark.parametrize("purpose", ["upload", "webhook", "fetch"])
+def test_each_purpose_reads_its_own_address_settings(purpose: str) -> None:
+    private, loopback = ipaddress.ip_address("10.0.0.8"), ipaddress.ip_address("127.0.0.1")
+    default = UploadTargetPolicy.from_settings(Settings(), purpose)
+    assert not default.address_allowed(private)
+    assert not default.address_allowed(loopback)
+    opened = UploadTargetPolicy.from_settings(
+        Settings(**{f"{purpose}_allow_private": True, f"{purpose}_allow_loopback": True}), purpose
+    )
+    assert opened.address_allowed(private)
+    assert opened.address_allowed(loopback)
 
 
 async def test_localhost_resolves_through_the_system_resolver() -> None:

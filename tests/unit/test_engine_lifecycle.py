@@ -40,3 +40,17 @@ async def test_stop_returns_once_the_model_thread_has_finished_its_work(tiny_vit
     threading.Timer(0.2, release.set).start()
     await engine.stop()
     assert finished.is_set()
+
+
+async def test_stop_drops_decodes_still_waiting_for_a_thread(tiny_vit_dir):
+    # Decoding for requests that will never be scored is wasted CPU, and the interpreter's exit
+    # would wait for every queued one: stop() cancels them; those already running finish.
+    engine = tiny_torch_engine(tiny_vit_dir)
+    await engine.start()
+    release = threading.Event()
+    running = [engine._decode_pool.submit(release.wait, 30) for _ in range(engine.decode_threads)]
+    queued = engine._decode_pool.submit(lambda: None)
+    await engine.stop()
+    release.set()
+    assert all(future.result(30) for future in running)
+    assert queued.cancelled()

@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from safegen.errors import ImageError, TooLarge, UnsupportedFormat
-from safegen.imaging import ImageLimits, decode_for_model, encode_jpeg, md5_hex, open_checked
+from safegen.imaging import (
+    ImageLimits,
+    decode_for_model,
+    encode_jpeg,
+    md5_hex,
+    open_checked,
+    resize_rgb,
+)
 from safegen.settings import Settings
 from tests.support import images
 
@@ -56,6 +63,12 @@ def test_byte_limit_is_checked_before_parsing():
         open_checked(b"\xff" * 101, ImageLimits.from_settings(Settings(max_image_bytes=100)))
 
 
+def test_an_image_of_exactly_the_byte_limit_is_accepted():
+    data = images.png(1)
+    image = open_checked(data, ImageLimits.from_settings(Settings(max_image_bytes=len(data))))
+    assert image.size == Image.open(io.BytesIO(data)).size
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "JPEG"])
 def test_allowed_formats_decode_to_model_size(fmt):
     data = images.encode(images.photo_like(1, (300, 200)), fmt)
@@ -68,6 +81,15 @@ def test_rgba_and_greyscale_become_rgb():
     for mode in ("RGBA", "L", "P"):
         pixels = decode_for_model(images.png(2, mode=mode), LIMITS, (224, 224), fast=True)
         assert pixels.shape == (224, 224, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P"])
+def test_in_memory_images_of_any_mode_reach_the_model_as_rgb(mode):
+    # A generator may hand the engine an RGBA or greyscale image: it is scored as its RGB copy.
+    image = images.photo_like(4, (64, 48)).convert(mode)
+    pixels = resize_rgb(image, (32, 32))
+    assert pixels.shape == (32, 32, 3)
+    assert np.array_equal(pixels, np.asarray(image.convert("RGB").resize((32, 32), Image.BILINEAR)))
 
 
 def test_gif_uses_its_first_frame():

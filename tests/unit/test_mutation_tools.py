@@ -46,7 +46,8 @@ def test_the_sample_is_seeded_per_module_and_a_larger_one_holds_a_smaller(tmp_pa
     assert set(ten) < set(twenty)
     # --skip leaves out what the smaller draw scored: the two together are the larger draw.
     rest = draw(20, 1, mutmut, "--skip", "10")
-    assert len(rest) == 10 and sorted(ten + rest) == sorted(twenty)
+    assert len(rest) == 10
+    assert sorted(ten + rest) == sorted(twenty)
     assert draw(10, 2) != ten
     # Neither the order of the listing nor another module's mutants change a module's draw.
     (tmp_path / "other").mkdir()

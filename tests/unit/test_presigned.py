@@ -86,6 +86,8 @@ def test_is_sigv4_only_for_signature_version_4() -> None:
     assert is_sigv4(V4_URL)
     assert is_sigv4(V4_URL.replace("X-Amz-Signature", "x-amz-signature"))  # names: any case
     assert not is_sigv4(SPEC_URL)  # version 2 signs Content-MD5 when sent: never add one
+    # A raw '=' in a value (unescaped base64 padding): the name ends at the first '=' (WHATWG).
+    assert is_sigv4("https://h/1.png?X-Amz-Signature=c2lnbmF0dXJl==")
     assert not is_sigv4("https://h/1.png")
     assert not is_sigv4("not a url")  # unparseable: never raises
 

@@ -75,3 +75,26 @@ async def test_a_failed_lookup_names_the_host_only(
     with pytest.raises(HostUnresolvable) as raised:
         await resolver("nowhere.example", 443)
     assert raised.value.message == "host 'nowhere.example' could not be resolved"
+
+
+async def test_close_does_not_wait_for_a_stuck_lookup(
+    resolver: SystemResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shutdown must not hang on a DNS server that never answers: the lookup's thread is left.
+    release = threading.Event()
+
+    def never_answers(*args: Any) -> list[Any]:
+        release.wait(10)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+    try:
+        with pytest.raises(HostUnresolvable):
+            await resolver("stuck.example", 443)
+        closing = threading.Thread(target=resolver.close)
+        closing.start()
+        closing.join(5)  # guard: a close that waits for the lookup ends only when released
+        closed_while_stuck = not closing.is_alive()
+    finally:
+        release.set()
+    assert closed_while_stuck

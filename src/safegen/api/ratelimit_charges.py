@@ -41,11 +41,12 @@ def address_identity(address: str, ipv6_prefix: int) -> str:
     return str(parsed)
 
 
-async def precheck(request: Request, route: str, cost: int = 1) -> None:
-    """Refuse (429/503) a client with no ``cost`` units left, taking nothing."""
+async def precheck(request: Request, route: str) -> None:
+    """Refuse (429/503) a client with nothing left, taking nothing: the body is not read yet, so
+    what a batch will cost is not known; ``charge`` takes that once it is."""
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is not None:
-        _raise_unless_allowed(await limiter.test(route, identity(request), cost))
+        _raise_unless_allowed(await limiter.test(route, identity(request)))
 
 
 async def charge(request: Request, route: str, cost: int = 1) -> dict[str, str]:
