@@ -4,6 +4,7 @@ and in-process ASGI apps for what the app does with the error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -247,6 +248,25 @@ async def test_response_already_started_is_cut_off_not_doubled() -> None:
     assert sum(received) <= 8000
 
 
+async def test_an_app_that_swallows_the_overflow_after_answering_is_cut_off_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app_that_answers_then_ignores_it(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        with contextlib.suppress(BodyTooLarge):
+            while (await receive()).get("more_body"):
+                pass
+        await send({"type": "http.response.body", "body": b"done"})
+
+    middleware = BodySizeLimitMiddleware(app_that_answers_then_ignores_it, max_bytes=1000)
+    with caplog.at_level(logging.INFO, logger="safegen.api.body_limit"):
+        sent, _ = await call_middleware(middleware, [], [b"a" * 600] * 3)
+    # The app's start only: neither a 413 after it nor the rest of the app's response.
+    assert [(m["type"], m.get("status")) for m in sent] == [("http.response.start", 200)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "request body passed the limit after the response started; cut off"]
+
+
 async def test_with_the_service_error_handlers_and_reject_hook() -> None:
     from safegen.api.errors import install_error_handlers
 
@@ -318,17 +338,20 @@ def response_of(sent: list[dict]) -> tuple[int, dict, bytes]:
     return start["status"], headers, body["body"]
 
 
-async def test_a_declared_body_within_the_drain_allowance_is_read_then_refused_exactly() -> None:
+@pytest.mark.parametrize("declared", [1600, 2000])
+async def test_a_declared_body_within_the_drain_allowance_is_read_then_refused_exactly(
+    declared: int,
+) -> None:
     called: list[str] = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         called.append(scope["path"])
 
     middleware = BodySizeLimitMiddleware(app, max_bytes=1000)
-    # 1,600 bytes declared: over the limit, within twice the limit, so read to the end first
-    # (the client then reads the 413 instead of a connection reset).
+    # Over the limit, up to twice the limit (inclusive), so read to the end first (the client
+    # then reads the 413 instead of a connection reset).
     sent, unread = await call_middleware(
-        middleware, [(b"content-length", b"1600")], [b"a" * 400] * 4
+        middleware, [(b"content-length", str(declared).encode())], [b"a" * (declared // 4)] * 4
     )
     assert unread == []
     assert called == []

@@ -20,6 +20,8 @@ from safegen.egress import EgressPolicy, PinnedClient
 from safegen.egress.client import _PinnedNetwork, _Pins
 from safegen.egress.policy import IPAddress
 from safegen.egress.resolver import ResolvedTarget
+from tests.support.faultserver import FaultServer
+from tests.support.tlscerts import TestCA
 
 LOOPBACK_OK = EgressPolicy(purpose="fetch", allowed_schemes=("http",), allow_loopback=True)
 LOOPBACK_V4 = ipaddress.ip_address("127.0.0.1")
@@ -88,6 +90,25 @@ async def test_an_ipv6_literal_reaches_its_address() -> None:
     async with http_server("::1") as served, client:
         response = await get(client, f"http://[::1]:{served.port}/image.png")
     assert (response.status_code, response.text) == (200, "ok")
+
+
+async def test_certificates_are_verified_unless_the_caller_says_otherwise(
+    tls_fault_server: FaultServer, test_ca: TestCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The webhook client takes the default: a self-signed (here: untrusted CA) receiver is
+    # refused before any request is sent, and the same server is reached once its CA is trusted.
+    # Trust comes from the caller, never from the environment (like proxies and netrc).
+    monkeypatch.setenv("SSL_CERT_FILE", str(test_ca.ca_pem))
+    https_ok = EgressPolicy(purpose="webhook", allowed_schemes=("https",), allow_loopback=True)
+    url = tls_fault_server.url + "/hook"
+    async with PinnedClient(https_ok, resolving_to(LOOPBACK_V4),
+                            timeout=httpx.Timeout(5.0)) as default:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(default, url)
+    assert tls_fault_server.requests == []
+    async with PinnedClient(https_ok, resolving_to(LOOPBACK_V4), timeout=httpx.Timeout(5.0),
+                            verify=test_ca.client_context()) as trusting:
+        assert (await get(trusting, url)).status_code == 200
 
 
 @contextlib.contextmanager

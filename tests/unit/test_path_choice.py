@@ -4,8 +4,10 @@ with the figures that decided it, and awaited by readiness."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+import os
 import platform
 import shutil
 from collections.abc import Callable
@@ -284,6 +286,46 @@ def test_a_cached_choice_records_the_facts_it_is_valid_for(tiny_loaded, cache_di
     facts = json.loads(entry.read_text())["facts"]
     assert facts["python"] == platform.python_version()
     assert (facts["device"], facts["threads"]) == ("cpu", torch.get_num_threads())
+    assert facts["cpus"] == sorted(os.sched_getaffinity(0))  # the cores this process may use
+
+
+def test_the_cpu_in_the_facts_comes_from_cpuinfo_or_the_platform(
+    tiny_loaded, cache_dir, monkeypatch
+):
+    def facts_with(cpuinfo: dict[str, str]) -> dict[str, object]:
+        monkeypatch.setattr(path_choice, "_cpuinfo", lambda: cpuinfo)
+        return path_choice.host_facts(tiny_loaded, request(cache_dir), "cpu", [])
+
+    x86 = facts_with({"model name": "Vendor CPU", "flags": "fma avx2 fma"})
+    assert (x86["cpu"], x86["cpu_flags"]) == ("Vendor CPU", ["avx2", "fma"])
+    arm = facts_with({"Features": "fp asimd"})  # no model name, no flags line
+    assert (arm["cpu"], arm["cpu_flags"]) == (platform.processor(), [])
+    assert "gpu" not in arm
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Test GPU")
+    cuda = path_choice.host_facts(tiny_loaded, request(cache_dir), "cuda", [])
+    assert cuda["gpu"] == "Test GPU"  # a choice measured on one GPU model is not another's
+
+
+def test_the_model_in_the_facts_is_its_compute_not_its_labels(
+    tiny_loaded, cache_dir, monkeypatch
+):
+    def model_facts(loaded: LoadedClassifier) -> object:
+        return path_choice.host_facts(loaded, request(cache_dir), "cpu", [])["model"]
+
+    relabelled = copy.copy(tiny_loaded)
+    relabelled.model = copy.deepcopy(tiny_loaded.model)
+    relabelled.model.config.id2label = {0: "safe", 1: "unsafe"}  # type: ignore[attr-defined]
+    relabelled.model.config.label2id = {"safe": 0, "unsafe": 1}  # type: ignore[attr-defined]
+    relabelled.model.config.architectures = ["OtherName"]  # type: ignore[attr-defined]
+    current = model_facts(tiny_loaded)
+    assert model_facts(relabelled) == current  # the same measurement holds
+    import transformers.configuration_utils
+
+    # Another transformers release runs other model code: measured again.
+    monkeypatch.setattr(transformers.configuration_utils, "__version__", "0.0.1")
+    assert model_facts(tiny_loaded) != current
 
 
 def test_unreadable_cached_choice_is_measured_again(tiny_loaded, cache_dir, timings, caplog):

@@ -142,9 +142,12 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
 
 
 def _model_shape(loaded: LoadedClassifier) -> dict[str, object]:
-    """The model config without names and labels: what decides the compute, not the weights."""
+    """The model config without names and labels: what decides the compute, not the weights.
+
+    ``transformers_version`` stays: ``to_dict`` writes the running release, whose model code
+    decides the torch path's speed."""
     config = loaded.model.config.to_dict()  # type: ignore[attr-defined]
-    drop = {"id2label", "label2id", "transformers_version", "architectures"}
+    drop = {"id2label", "label2id", "architectures"}
     shape = {k: v for k, v in config.items() if not k.startswith("_") and k not in drop}
     return {"config": shape, "input": list(loaded.preprocessing.size)}
 
