@@ -10,6 +10,7 @@ import asyncio
 import ipaddress
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -47,9 +48,9 @@ async def test_lookups_run_on_the_resolvers_own_threads_and_drop_scope_ids(
     assert args == ["storage.example", 443, 0, socket.SOCK_STREAM]
 
 
-async def test_a_lookup_past_its_deadline_is_abandoned_with_a_clear_error(
-    resolver: SystemResolver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def dns_never_answers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every lookup blocks its thread until the test ends (a DNS server that never answers)."""
     release = threading.Event()
 
     def never_answers(*args: Any) -> list[Any]:
@@ -57,11 +58,16 @@ async def test_a_lookup_past_its_deadline_is_abandoned_with_a_clear_error(
         return []
 
     monkeypatch.setattr(socket, "getaddrinfo", never_answers)
-    try:
-        with pytest.raises(HostUnresolvable) as raised:
-            await asyncio.wait_for(resolver("slow.example", 443), 10)  # guard: a hang fails
-    finally:
-        release.set()
+    yield
+    release.set()
+
+
+@pytest.mark.usefixtures("dns_never_answers")
+async def test_a_lookup_past_its_deadline_is_abandoned_with_a_clear_error(
+    resolver: SystemResolver,
+) -> None:
+    with pytest.raises(HostUnresolvable) as raised:
+        await asyncio.wait_for(resolver("slow.example", 443), 10)  # guard: a hang fails
     assert raised.value.message == "host 'slow.example' could not be resolved within 0.2 s"
 
 
@@ -77,24 +83,12 @@ async def test_a_failed_lookup_names_the_host_only(
     assert raised.value.message == "host 'nowhere.example' could not be resolved"
 
 
-async def test_close_does_not_wait_for_a_stuck_lookup(
-    resolver: SystemResolver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("dns_never_answers")
+async def test_close_does_not_wait_for_a_stuck_lookup(resolver: SystemResolver) -> None:
     # Shutdown must not hang on a DNS server that never answers: the lookup's thread is left.
-    release = threading.Event()
-
-    def never_answers(*args: Any) -> list[Any]:
-        release.wait(10)
-        return []
-
-    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
-    try:
-        with pytest.raises(HostUnresolvable):
-            await resolver("stuck.example", 443)
-        closing = threading.Thread(target=resolver.close)
-        closing.start()
-        closing.join(5)  # guard: a close that waits for the lookup ends only when released
-        closed_while_stuck = not closing.is_alive()
-    finally:
-        release.set()
-    assert closed_while_stuck
+    with pytest.raises(HostUnresolvable):
+        await resolver("stuck.example", 443)
+    closing = threading.Thread(target=resolver.close)
+    closing.start()
+    closing.join(5)  # guard: a close that waits for the lookup ends only when the test does
+    assert not closing.is_alive()
